@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make study   the quickstart study on the embedded digits-LT data (no download)
+#   make test    the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: study test cifar10 bench lock clean-results
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements-lock.txt -e ".[dev]"
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(VENV)/bin/ltr suite params/suites/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# CIFAR-10-LT CE, IR 100 and 10 (LDAM-DRW schedule); needs the data: LTR_DATA_ROOT=... make cifar10
+cifar10: $(STAMP)
+	$(VENV)/bin/ltr suite params/suites/cifar10_lt.yaml
+
+bench: $(STAMP)
+	$(VENV)/bin/ltr bench
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^ltr-study' > requirements-lock.txt
+
+clean-results:
+	rm -rf results

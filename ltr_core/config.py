@@ -1,0 +1,365 @@
+"""Strict run configuration built from a flat dict of notebook parameters.
+
+A run is described by one flat mapping (a notebook's ``parameters`` cell, a params YAML file, or
+``--set key=value`` overrides). :func:`from_params` routes every key to the section dataclass that
+owns it, checks its type, and fails loudly on anything it does not know:
+
+* an unknown key raises :class:`ConfigError` naming the closest valid keys and listing all of them
+  (papermill only *warns* on unknown parameters, so a typo would otherwise be silently ignored);
+* a value of the wrong type raises :class:`ConfigError` naming the key, the expected type and the value;
+* numeric strings are coerced for float fields, so ``lr: 1e-3`` (which YAML 1.1 reads as the string
+  ``'1e-3'``) becomes ``0.001``.
+
+Flat keys are unique across sections, so ``cfg.optim.lr`` is set by the flat key ``lr``.
+Params files may name a ``base`` file (or a list of them) that is loaded first and shallow-merged
+(later keys win), which gives LIFT-style layering without nested dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, mistyped or out of its allowed set."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    method: str = "erm"  # method family: see ltr_core.methods.METHODS
+    seed: int = 0  # seeds model init, data order and augmentation (not the LT subset: lt_seed)
+    name: str = ""  # run name; the run id is "<dataset>-<method>-<name>-s<seed>"; empty: "default"
+    suite: str = "interactive"  # results/<suite>/<run_id>/ groups runs of one table
+    results_root: str = "results"  # where run directories live (relative to the repo root)
+    run_dir: str = ""  # explicit run directory (the runner sets it); empty: derived
+    figures_dir: str = ""  # where notebooks save figures; empty: figures/<suite>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    interactive: bool = False  # tqdm bars (True in JupyterLab); papermill runs log one line per epoch
+    tensorboard: bool = True  # TensorBoard scalars under <run_dir>/tb
+    save_logits: bool = True  # logits.npz of the evaluation split in the run directory
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "digits_lt"  # digits_lt | cifar10_lt | cifar100_lt | imagenet_lt | places_lt | inat18 | image_list
+    data_root: str = ""  # images; empty: $LTR_DATA_ROOT, then data/<dataset>
+    split_dir: str = ""  # split lists (ImageNet-LT/Places-LT/iNat); empty: <data_root>
+    imbalance_ratio: float = 100.0  # IR = n_max / n_min of the long-tailed train split
+    lt_profile: str = "exp"  # exp: n_c = floor(n_max * IR^(-c/(C-1))); step: half n_max, half n_max/IR
+    lt_seed: int = 0  # seed of the LT subset selection (LDAM-DRW protocol: 0)
+    n_max: int = 0  # images of the head class; 0: dataset default (CIFAR-10 5000, CIFAR-100 500)
+    image_size: int = 0  # network input size; 0: dataset default
+    augment: bool = True  # train-time augmentation (crop with padding + flip on small images)
+    crop_padding: int = 4  # zero padding before the random crop on the small-image path
+    sampler: str = "instance"  # instance | class_balanced | sqrt
+    num_workers: int = 2  # DataLoader workers on the file path (the small-image path needs none)
+    download: bool = False  # let torchvision download CIFAR where a network exists
+    cache_dir: str = "data/cache"  # decoded uint8 caches of small-image datasets
+    digits_test_per_class: int = 50  # digits-LT: balanced held-out test images per class
+    shot_many: int = 100  # many-shot: n_c > shot_many training images
+    shot_few: int = 20  # few-shot: n_c < shot_few; medium in between (inclusive)
+    eval_split: str = "test"  # split reported in results.json: test | val
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    model: str = "resnet32"  # resnet32 (CIFAR) or any timm model name
+    pretrained: str = ""  # timm pretrained tag or a local weights file; empty: random init
+    head: str = "linear"  # linear | cosine
+    cosine_scale: float = 16.0  # logit scale s of the cosine head: z = s * cos(f, w)
+    drop_rate: float = 0.0  # dropout before the head
+    channels_last: str = "auto"  # auto (CNNs on CUDA) | on | off
+
+
+@dataclass(frozen=True)
+class LossSection:
+    loss: str = "ce"  # see ltr_core.losses.LOSSES
+    label_smoothing: float = 0.0  # epsilon of label smoothing
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD Nesterov momentum
+    weight_decay: float = 2e-4  # decoupled for AdamW, L2 for SGD
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    schedule: str = "step"  # step | cosine | constant
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (per step)
+    lr_milestones: tuple[int, ...] = ()  # step schedule: epochs where lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # step schedule factor
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 200  # training epochs
+    batch_size: int = 128  # images per optimiser step (split over accum_steps micro-batches)
+    accum_steps: int = 1  # gradient accumulation micro-batches per step
+    eval_batch_size: int = 512  # evaluation batch
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_clip: float = 0.0  # max gradient norm; 0: off
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always); 0: last only
+    max_steps_per_epoch: int = 0  # cap steps per epoch (smoke tests); 0: full epoch
+    compile: bool = False  # torch.compile the model
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "loss": LossSection,
+    "optim": OptimSection,
+    "train": TrainSection,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "lt_profile": ("exp", "step"),
+    "sampler": ("instance", "class_balanced", "sqrt"),
+    "head": ("linear", "cosine"),
+    "channels_last": ("auto", "on", "off"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("step", "cosine", "constant"),
+    "precision": ("auto", "bf16", "fp32"),
+    "eval_split": ("test", "val"),
+}
+
+# Keys that name where or how a run executes, not what it computes: left out of the config hash,
+# so moving the data or the results folder does not invalidate finished runs.
+NON_SEMANTIC_KEYS = frozenset(
+    {"name", "suite", "results_root", "run_dir", "figures_dir", "device", "interactive", "tensorboard",
+     "data_root", "split_dir", "num_workers", "download", "cache_dir", "eval_batch_size"}
+)
+
+# Notebook globals that are never parameters.
+_NOTEBOOK_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved run: one frozen dataclass per concern."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @property
+    def run_id(self) -> str:
+        """Deterministic run name: ``<dataset>-<method>-<name>-s<seed>``."""
+        name = self.run.name or "default"
+        return f"{self.data.dataset}-{self.run.method}-{name}-s{self.run.seed}"
+
+    def figures_path(self) -> Path:
+        """Where this run's notebook saves figures: ``figures_dir`` or ``figures/<suite>``."""
+        return Path(self.run.figures_dir or Path("figures") / self.run.suite)
+
+    def run_path(self) -> Path:
+        """The run directory: ``run_dir`` if set, else ``<results_root>/<suite>/<run_id>``."""
+        if self.run.run_dir:
+            return Path(self.run.run_dir)
+        return Path(self.run.results_root) / self.run.suite / self.run_id
+
+
+def _key_owner() -> dict[str, str]:
+    owner: dict[str, str] = {}
+    for section_name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in owner, f"duplicate flat key {f.name}"
+            owner[f.name] = section_name
+    return owner
+
+
+KEY_OWNER = _key_owner()
+
+
+def param_names() -> list[str]:
+    """All valid flat parameter names."""
+    return sorted(KEY_OWNER)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; coerce what is unambiguous."""
+    bad = ConfigError(
+        f"parameter {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else []
+        if value is None:
+            value = []
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise bad
+    return value
+
+
+def _unknown_key_error(keys: list[str]) -> ConfigError:
+    lines = []
+    for key in keys:
+        close = difflib.get_close_matches(key, KEY_OWNER, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        lines.append(f"unknown parameter {key!r}{hint}")
+    lines.append("valid parameters: " + ", ".join(param_names()))
+    return ConfigError("\n".join(lines))
+
+
+def from_params(params: Mapping[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from a flat mapping; strict about keys, types and choices."""
+    unknown = [k for k in params if k not in KEY_OWNER]
+    if unknown:
+        raise _unknown_key_error(unknown)
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in params.items():
+        section = KEY_OWNER[key]
+        tp = _field_types(SECTIONS[section])[key]
+        value = _coerce(key, value, tp)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"parameter {key!r} must be one of {CHOICES[key]}, got {value!r}")
+        per_section[section][key] = value
+    cfg = RunConfig(**{name: SECTIONS[name](**kw) for name, kw in per_section.items()})
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    checks = [
+        (cfg.train.epochs >= 1, "epochs must be >= 1"),
+        (cfg.train.batch_size >= 1, "batch_size must be >= 1"),
+        (cfg.train.accum_steps >= 1, "accum_steps must be >= 1"),
+        (cfg.train.batch_size % cfg.train.accum_steps == 0,
+         f"batch_size ({cfg.train.batch_size}) must be divisible by accum_steps ({cfg.train.accum_steps})"),
+        (cfg.data.imbalance_ratio >= 1, "imbalance_ratio must be >= 1"),
+        (cfg.data.shot_few <= cfg.data.shot_many, "shot_few must be <= shot_many"),
+        (cfg.optim.lr > 0, "lr must be > 0"),
+        (0 <= cfg.loss.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (list(cfg.optim.lr_milestones) == sorted(cfg.optim.lr_milestones), "lr_milestones must be increasing"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def from_notebook(namespace: Mapping[str, Any]) -> RunConfig:
+    """Build the config from a notebook's globals after the parameters cell.
+
+    Every public global holding a plain value (the parameters cell's literals and papermill's
+    injected overrides) is a parameter; modules, functions and IPython's own names are skipped.
+    A mistyped injected parameter therefore fails here instead of being ignored.
+    """
+    params = {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and k not in _NOTEBOOK_NAMES
+        and isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+    }
+    return from_params(params)
+
+
+def to_flat(cfg: RunConfig) -> dict[str, Any]:
+    """The flat parameter dict (tuples as lists) that rebuilds ``cfg`` via :func:`from_params`."""
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            flat[key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """sha256 (16 hex chars) of the semantic parameters; equal hashes mean the same experiment."""
+    flat = {k: v for k, v in to_flat(cfg).items() if k not in NON_SEMANTIC_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read a flat params YAML file, resolving its optional ``base`` file(s) first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a params file must be a flat mapping of key: value")
+    bases = raw.pop("base", [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged.update(load_params(path.parent / base))
+    nested = [k for k, v in raw.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: params must be flat, but {nested} hold nested mappings")
+    merged.update(raw)
+    return merged
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values read as YAML, so ``epochs=2`` is an int)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out

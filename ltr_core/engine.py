@@ -1,0 +1,341 @@
+"""The one training and evaluation loop shared by every method.
+
+``fit`` trains a model with a loss on a loader for ``cfg.train.epochs`` epochs:
+
+* SGD (momentum, optional Nesterov) or AdamW; the learning rate is set every step from
+  :func:`lr_factor` (linear warm-up, then step decay at epoch milestones or cosine annealing);
+* bf16 autocast on CUDA, fp32 on the CPU; gradient accumulation over micro-batches;
+  channels_last for CNNs on CUDA; optional ``torch.compile``;
+* deterministic: the global RNG is reseeded from (seed, epoch) at the start of every epoch and the
+  loaders derive their order and augmentation from (seed, epoch), so a run resumed from the
+  checkpoint of epoch e ends with the same weights and metrics as an uninterrupted run;
+* a checkpoint (weights as safetensors, optimizer state, a JSON state file written last as the
+  commit point) after every epoch; a non-finite loss stops training with
+  :class:`NonFiniteLossError` and leaves the last good checkpoint in place;
+* the running loss is accumulated on the device and read every ``NAN_CHECK_EVERY`` steps, so the
+  inner loop does not wait on the host;
+* one log line per epoch (tqdm bars only when ``interactive``), ``metrics.jsonl`` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import RunConfig, config_hash
+from .models import is_cnn
+from .results import RunDir, atomic_write_text
+
+NAN_CHECK_EVERY = 25
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA for ``auto``/``bf16``; None (fp32) on the CPU or for ``fp32``."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The global seed used for epoch ``epoch`` (dropout, drop-path, any global-RNG draw)."""
+    return seed * 1_000_003 + epoch + 1
+
+
+def lr_factor(t: float, optim_cfg, epochs: int) -> float:
+    """Multiplier of the peak lr at training progress ``t`` (in epochs, fractional per step).
+
+    warm-up: t / warmup_epochs while t < warmup_epochs (LDAM-DRW: lr * e / 5 over epochs 1-5);
+    step:    gamma ** #{m in milestones : floor(t) >= m} (LDAM-DRW: x0.01 at 160, x0.0001 at 180);
+    cosine:  r + (1 - r) * (1 + cos(pi * (t - w) / (E - w))) / 2 with r = min_lr / lr
+             (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts).
+    """
+    w = optim_cfg.warmup_epochs
+    if w > 0 and t < w:
+        return t / w
+    if optim_cfg.schedule == "step":
+        passed = sum(1 for m in optim_cfg.lr_milestones if math.floor(t) >= m)
+        return optim_cfg.lr_gamma**passed
+    if optim_cfg.schedule == "cosine":
+        r = optim_cfg.min_lr / optim_cfg.lr
+        progress = min(1.0, (t - w) / max(epochs - w, 1e-8))
+        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if optim_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                               nesterov=optim_cfg.nesterov, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=(optim_cfg.adam_beta1, optim_cfg.adam_beta2),
+                             weight_decay=optim_cfg.weight_decay)
+
+
+def use_channels_last(model: nn.Module, setting: str, device: torch.device) -> bool:
+    return setting == "on" or (setting == "auto" and device.type == "cuda" and is_cnn(model))
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+class Checkpoint:
+    """``<run_dir>/checkpoint/``: model.safetensors, optim.pt, state.json (written last)."""
+
+    def __init__(self, run_dir: RunDir):
+        self.dir = Path(run_dir.path) / "checkpoint"
+        self.state_path = self.dir / "state.json"
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "model.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, self.dir / "model.safetensors")
+        tmp = self.dir / "optim.pt.tmp"
+        torch.save(optimizer.state_dict(), tmp)
+        os.replace(tmp, self.dir / "optim.pt")
+        atomic_write_text(self.state_path, json.dumps(state, indent=1))
+
+    def load_state(self) -> dict | None:
+        if not self.state_path.is_file():
+            return None
+        return json.loads(self.state_path.read_text())
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> None:
+        model.load_state_dict(load_file(str(self.dir / "model.safetensors"), device=str(device)))
+        if optimizer is not None:
+            optimizer.load_state_dict(torch.load(self.dir / "optim.pt", map_location=device, weights_only=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# logging
+
+
+class EpochLogger:
+    """One record per epoch to metrics.jsonl, TensorBoard (optional) and one printed line."""
+
+    def __init__(self, run_dir: RunDir, tensorboard: bool):
+        self.run_dir = run_dir
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir.path) / "tb"))
+            except ImportError:  # tensorboard is optional on bare GPU boxes
+                self.writer = None
+
+    def log(self, record: dict) -> None:
+        self.run_dir.append_metrics(record)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
+        shown = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+        )
+        print(shown, flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# loops
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, precision: str = "auto",
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels (CPU) over a loader in eval mode."""
+    was_training = model.training
+    model.eval()
+    dtype = autocast_dtype(precision, device)
+    logits, labels = [], []
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits.append(model(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` reports: wall time and images of the training passes only (no evaluation)."""
+
+    train_seconds: float = 0.0
+    images: int = 0
+    epochs_run: int = 0
+    resumed_from: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def _progress(loader, enabled: bool, epoch: int):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch}", leave=False)
+
+
+def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoch: int, device: torch.device,
+                    channels_last: bool, forward: Callable | None = None) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, images seen). Raises NonFiniteLossError."""
+    model.train()
+    forward = forward or model
+    dtype = autocast_dtype(cfg.train.precision, device)
+    steps = len(loader)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    loss_sum = torch.zeros((), device=device)
+    images = 0
+    accum = cfg.train.accum_steps
+    for i, (x, y) in enumerate(_progress(loader, cfg.run.interactive, epoch)):
+        if i >= steps:
+            break
+        factor = lr_factor(epoch + (i + 1) / steps, cfg.optim, cfg.train.epochs)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for xs, ys in zip(x.chunk(accum), y.chunk(accum)):
+            with autocast(device, dtype):
+                loss = criterion(forward(xs), ys)
+            (loss * xs.shape[0] / x.shape[0]).backward()
+            loss_sum += loss.detach() * xs.shape[0]
+        if cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        images += x.shape[0]
+        if (i + 1) % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {i + 1}")
+    mean_loss = (loss_sum / max(images, 1)).item()
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"loss became non-finite during epoch {epoch}")
+    return mean_loss, images
+
+
+def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig, run_dir: RunDir,
+        device: torch.device, evaluate: Callable[[int], dict] | None = None,
+        optimizer: torch.optim.Optimizer | None = None) -> FitResult:
+    """Train for ``cfg.train.epochs`` epochs, checkpointing each epoch and resuming if a checkpoint exists.
+
+    ``evaluate(epoch)`` returns scalar metrics to log (called every ``eval_every`` epochs and after the
+    last one). The model is left with the final weights.
+    """
+    channels_last = use_channels_last(model, cfg.model.channels_last, device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = optimizer or build_optimizer(model.parameters(), cfg.optim)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    forward = torch.compile(model) if cfg.train.compile else model
+    ckpt = Checkpoint(run_dir)
+    result = FitResult()
+    chash = config_hash(cfg)
+    start_epoch = 0
+    state = ckpt.load_state()
+    if state is not None:
+        if state.get("config_hash") != chash:
+            raise RuntimeError(
+                f"{ckpt.dir} holds a checkpoint of a different config (hash {state.get('config_hash')}, "
+                f"this run {chash}); delete the run directory or give the run another name"
+            )
+        ckpt.restore(model, optimizer, device)
+        start_epoch = state["epoch"] + 1
+        result.train_seconds, result.images = state["train_seconds"], state["images"]
+        result.resumed_from = state["epoch"]
+        run_dir.truncate_metrics(state["epoch"])
+        print(f"resuming {run_dir.path} after epoch {state['epoch']}", flush=True)
+    logger = EpochLogger(run_dir, cfg.run.tensorboard)
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            torch.manual_seed(epoch_seed(cfg.run.seed, epoch))
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            if hasattr(criterion, "set_epoch"):
+                criterion.set_epoch(epoch)
+            t0 = time.perf_counter()
+            try:
+                loss, images = train_one_epoch(model, criterion, train_loader, optimizer, cfg=cfg, epoch=epoch,
+                                               device=device, channels_last=channels_last, forward=forward)
+            except NonFiniteLossError as err:
+                last = state["epoch"] if state else None
+                where = f"the checkpoint of epoch {last} in {ckpt.dir}" if last is not None else "no checkpoint yet"
+                raise NonFiniteLossError(
+                    f"{err}; training stopped, kept {where}. Lower lr, add warm-up or grad_clip, "
+                    f"or check the data, then run again to resume"
+                ) from None
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            result.train_seconds += seconds
+            result.images += images
+            record = {"epoch": epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                      "epoch_seconds": round(seconds, 3), "images_per_second": images / seconds}
+            last_epoch = epoch == cfg.train.epochs - 1
+            if evaluate is not None and (last_epoch or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0)):
+                record.update(evaluate(epoch))
+            logger.log(record)  # before the checkpoint: a resume truncates records past its epoch
+            state = {"epoch": epoch, "config_hash": chash, "train_seconds": result.train_seconds,
+                     "images": result.images}
+            ckpt.save(model, optimizer, state)
+            result.history.append(record)
+            result.epochs_run += 1
+    finally:
+        logger.close()
+    return result

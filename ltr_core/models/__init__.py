@@ -1,0 +1,101 @@
+"""Backbones (the CIFAR ResNet-32 and any timm model), heads, and the classifier that joins them.
+
+``build_model(model_cfg, num_classes, image_size)`` is the one factory; a backbone is any module
+mapping images to pooled features with a ``num_features`` attribute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .heads import HEADS, CosineHead, LinearHead, build_head
+from .resnet_cifar import CifarResNet, resnet32
+
+LOCAL_BACKBONES = {"resnet32": resnet32}
+
+
+class ModelError(ValueError):
+    """An unknown model name or unusable pretrained weights."""
+
+
+class Classifier(nn.Module):
+    """logits = head(dropout(backbone(x))); ``features(x)`` gives the pooled feature."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, drop_rate: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(x)))
+
+
+def build_backbone(name: str, *, pretrained: str = "", image_size: int = 224, in_chans: int = 3) -> nn.Module:
+    """A feature extractor by name: ``resnet32`` or any timm model (pooled features, no classifier).
+
+    ``pretrained`` is empty (random init), a local weights file (.safetensors / .pth), or a timm
+    pretrained tag (``resnet50`` + ``a1_in1k`` -> ``resnet50.a1_in1k``, downloaded where a network exists).
+    """
+    if name in LOCAL_BACKBONES:
+        backbone = LOCAL_BACKBONES[name](in_chans=in_chans)
+        if pretrained:
+            _load_local(backbone, pretrained)
+        return backbone
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ModelError(
+            f"unknown model {name!r}: use one of {sorted(LOCAL_BACKBONES)} or a timm model name "
+            f"(timm.list_models('resnet*') lists them)"
+        )
+    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
+    if pretrained and Path(pretrained).is_file():
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
+    elif pretrained:
+        name = f"{name}.{pretrained}"
+        kwargs.update(pretrained=True)
+    try:
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:  # models without an img_size argument (CNNs)
+        return timm.create_model(name, **kwargs)
+
+
+def _load_local(module: nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise ModelError(f"pretrained weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ModelError(f"{path}: weights do not match the model (unexpected keys {unexpected[:5]}...)")
+
+
+def is_cnn(model: nn.Module) -> bool:
+    """True when the model has conv layers and no attention (channels_last helps these)."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    has_attn = any("attn" in n.split(".")[-1] for n, _ in model.named_modules())
+    return has_conv and not has_attn
+
+
+def build_model(model_cfg, num_classes: int, *, image_size: int, in_chans: int = 3) -> Classifier:
+    """Backbone from ``model_cfg.model`` + head from ``model_cfg.head``."""
+    backbone = build_backbone(model_cfg.model, pretrained=model_cfg.pretrained, image_size=image_size, in_chans=in_chans)
+    head = build_head(model_cfg.head, backbone.num_features, num_classes, cosine_scale=model_cfg.cosine_scale)
+    return Classifier(backbone, head, model_cfg.drop_rate)
+
+
+__all__ = [
+    "Classifier", "CifarResNet", "CosineHead", "HEADS", "LinearHead", "ModelError",
+    "build_backbone", "build_head", "build_model", "is_cnn", "resnet32",
+]

@@ -1,0 +1,143 @@
+"""One run, end to end: run directory -> data -> model + loss -> ``engine.fit`` -> evaluation -> results.
+
+Every method family calls :func:`run_supervised` with its own ``build(cfg, data) -> (model, loss)``
+hook (and may post-process the final logits), so the run-directory contract, skipping of complete
+runs, resuming of interrupted ones and the ``results.json`` schema live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from . import engine, metrics
+from .config import RunConfig, config_hash, to_flat
+from .data import LTData, build_data, make_loader
+from .results import RunDir, versions
+
+BuildFn = Callable[[RunConfig, LTData], tuple[nn.Module, nn.Module]]
+
+
+@dataclass
+class Evaluation:
+    """Logits, labels and the metrics dict of one evaluation pass."""
+
+    epoch: int
+    logits: torch.Tensor
+    labels: torch.Tensor
+    metrics: dict
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: RunConfig) -> dict:
+    """The protocol's metrics (top-1, per-class, many/medium/few, ECE, ...) of a set of logits."""
+    return metrics.evaluate(logits.numpy(), labels.numpy(), data.class_counts,
+                            many=cfg.data.shot_many, few=cfg.data.shot_few)
+
+
+def prepare_run_dir(cfg: RunConfig) -> tuple[RunDir, str]:
+    """Create the run directory and write config.yaml; refuse a directory holding another config."""
+    run_dir = RunDir(cfg.run_path())
+    chash = config_hash(cfg)
+    Path(run_dir.path).mkdir(parents=True, exist_ok=True)
+    run_dir.write_config(to_flat(cfg), chash, cfg.run_id)
+    return run_dir, chash
+
+
+def _log_scalars(m: dict) -> dict:
+    keys = ("top1", "mean_per_class", "many", "medium", "few", "ece")
+    return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in keys}
+
+
+def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None,
+                   postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Train ``build(cfg, data)`` with the shared engine and write the complete run directory.
+
+    A run directory that already holds a complete ``results.json`` for the same config hash is not
+    re-run: its results are returned. An interrupted one resumes from its last checkpoint.
+    """
+    existing = RunDir(cfg.run_path())
+    chash = config_hash(cfg)
+    if existing.is_complete(chash):
+        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
+        return existing.read_results()
+    run_dir, chash = prepare_run_dir(cfg)
+    device = engine.resolve_device(cfg.run.device)
+    engine.seed_everything(cfg.run.seed)
+    data = data if data is not None else build_data(cfg.data)
+    run_dir.write_json("split_indices.json", data.provenance)
+    engine.seed_everything(cfg.run.seed)
+    model, criterion = build(cfg, data)
+    train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
+                               sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                               augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=False)
+    eval_loader = make_loader(data, cfg.data.eval_split, train=False, batch_size=cfg.train.eval_batch_size,
+                              device=device, num_workers=cfg.data.num_workers)
+    channels_last = engine.use_channels_last(model, cfg.model.channels_last, device)
+    last: list[Evaluation] = []
+
+    def evaluate(epoch: int) -> dict:
+        logits, labels = engine.predict(model, eval_loader, device, cfg.train.precision, channels_last)
+        if postprocess is not None:
+            logits = postprocess(logits)
+        last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
+        return _log_scalars(last[0].metrics)
+
+    fit = engine.fit(model, criterion, train_loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
+    final_epoch = cfg.train.epochs - 1
+    if not last or last[0].epoch != final_epoch:
+        evaluate(final_epoch)
+    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device)
+
+
+def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData, model: nn.Module,
+                      ev: Evaluation, fit: engine.FitResult, device: torch.device) -> dict:
+    """Weights, logits, per_class.csv and (last, atomically) results.json."""
+    path = Path(run_dir.path)
+    tmp = path / "model.safetensors.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path / "model.safetensors")
+    if cfg.run.save_logits:
+        run_dir.save_logits(ev.logits.numpy(), ev.labels.numpy(), cfg.data.eval_split)
+    m = ev.metrics
+    eval_counts = np.bincount(ev.labels.numpy()[ev.labels.numpy() >= 0], minlength=data.num_classes)
+    run_dir.write_per_class(data.class_names, data.class_counts, eval_counts, m["per_class"], m["shot_groups"])
+    results = {
+        "run_id": cfg.run_id,
+        "name": cfg.run.name or "default",
+        "dataset": cfg.data.dataset,
+        "method": cfg.run.method,
+        "loss": cfg.loss.loss,
+        "model": cfg.model.model,
+        "seed": cfg.run.seed,
+        "config_hash": chash,
+        "eval_split": cfg.data.eval_split,
+        "selection": "last epoch",
+        "epochs": cfg.train.epochs,
+        "metrics": {k: v for k, v in m.items() if k not in ("per_class", "shot_groups")},
+        "class_counts": [int(c) for c in data.class_counts],
+        "per_class": m["per_class"],
+        "shot_groups": m["shot_groups"],
+        "train_seconds": round(fit.train_seconds, 3),
+        "images_per_second": fit.images_per_second,
+        "resumed_from_epoch": fit.resumed_from,
+        "device": _device_name(device),
+        "versions": versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "complete",
+    }
+    run_dir.write_results(results)
+    return results
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
