@@ -182,6 +182,8 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a suite file must be a mapping with name, runs, profiles, report")
     unknown = set(raw) - {"name", "runs", "profiles", "report", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown suite keys {sorted(unknown)}; valid: name, description, runs, profiles, report")
@@ -251,8 +253,8 @@ def run_report(suite_path: str | Path, overrides: dict[str, Any] | None = None) 
     results_root = _abs((overrides or {}).get("results_root", "results"))
     out_dir = results_root / suite.name / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"suite_file": str(suite.path), "results_root": str(results_root),
-              "figures_dir": str(_abs(suite.report.get("figures_dir", f"figures/{suite.name}")))}
+    figures_dir = (overrides or {}).get("figures_dir") or suite.report.get("figures_dir", f"figures/{suite.name}")
+    params = {"suite_file": str(suite.path), "results_root": str(results_root), "figures_dir": str(_abs(figures_dir))}
     t0 = time.perf_counter()
     try:
         execute_notebook("report.ipynb", out_dir / "notebook.ipynb", params, log_path=out_dir / "stdout.log")

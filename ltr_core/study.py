@@ -42,10 +42,20 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, data: LTData, cf
                             many=cfg.data.shot_many, few=cfg.data.shot_few)
 
 
+class RunDirConflict(RuntimeError):
+    """The run directory holds a run of a different configuration."""
+
+
 def prepare_run_dir(cfg: RunConfig) -> tuple[RunDir, str]:
     """Create the run directory and write config.yaml; refuse a directory holding another config."""
     run_dir = RunDir(cfg.run_path())
     chash = config_hash(cfg)
+    old = run_dir.read_config()
+    if old and old.get("config_hash") != chash:
+        raise RunDirConflict(
+            f"{run_dir.path} holds a run of a different config (hash {old.get('config_hash')}, this run {chash}); "
+            f"give this run another name, or re-run with `ltr run --force` (moves the old directory aside)"
+        )
     Path(run_dir.path).mkdir(parents=True, exist_ok=True)
     run_dir.write_config(to_flat(cfg), chash, cfg.run_id)
     return run_dir, chash

@@ -1,0 +1,99 @@
+"""Epoch-deterministic samplers: instance-balanced, class-balanced and square-root sampling.
+
+Every sampler's order for epoch e is a pure function of (seed, e): it draws from
+``torch.Generator().manual_seed(seed * 1_000_003 + e)``, so a run resumed at epoch e sees exactly
+the order an uninterrupted run would have seen.
+
+* instance: a random permutation of the N indices (repeated if ``num_samples`` > N).
+* class-power sampling (Kang et al., "Decoupling Representation and Classifier for Long-Tailed
+  Recognition", ICLR 2020, eq. 1): p(c) = n_c^q / sum_k n_k^q, then an instance of c uniformly,
+  with replacement; q = 0 is class-balanced, q = 1/2 square-root sampling (Mahajan et al. 2018).
+  N draws per epoch by default. (classifier-balancing's own class-aware sampler instead cycles a
+  shuffled class list taking 4 images per visit; its marginal class distribution is the same
+  uniform one.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .base import DataError
+
+SAMPLERS = ("instance", "class_balanced", "sqrt")
+SEED_STRIDE = 1_000_003
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of (seed, epoch): ``manual_seed(seed * 1_000_003 + epoch)``."""
+    return torch.Generator(device=device).manual_seed(int(seed) * SEED_STRIDE + int(epoch))
+
+
+class EpochSampler(Sampler[int]):
+    """Base: ``indices(epoch)`` (int64 tensor) is a pure function of (seed, epoch); ``set_epoch`` picks it."""
+
+    def __init__(self, labels, *, seed: int, num_samples: int | None = None) -> None:
+        labels = labels.detach().cpu() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        if self.labels.numel() == 0:
+            raise DataError("cannot build a sampler over an empty split (no labels)")
+        self.seed = int(seed)
+        self.num_samples = int(num_samples) if num_samples is not None else int(self.labels.numel())
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return iter(self.indices(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class InstanceSampler(EpochSampler):
+    """Instance-balanced sampling: each image once per epoch, in a random order."""
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        n = self.labels.numel()
+        reps = -(-self.num_samples // n)
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: self.num_samples]
+
+
+class ClassPowerSampler(EpochSampler):
+    """p(c) ∝ n_c^q, then a uniform instance of c (with replacement); q=0 class-balanced, q=0.5 sqrt."""
+
+    def __init__(self, labels, *, seed: int, power: float, num_samples: int | None = None) -> None:
+        super().__init__(labels, seed=seed, num_samples=num_samples)
+        if (self.labels < 0).any():
+            raise DataError("class-aware sampling needs labels >= 0 (an open-set split has label -1)")
+        self.power = float(power)
+        counts = torch.bincount(self.labels).to(torch.float64)
+        weights = torch.where(counts > 0, counts.pow(self.power), torch.zeros_like(counts))
+        self.class_probs = weights / weights.sum()
+        self.counts = counts.to(torch.int64)
+        self.order = torch.argsort(self.labels, stable=True)  # indices grouped by class
+        self.starts = torch.cumsum(self.counts, 0) - self.counts  # first slot of each class in `order`
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        classes = torch.multinomial(self.class_probs, self.num_samples, replacement=True, generator=g)
+        offset = (torch.rand(self.num_samples, generator=g, dtype=torch.float64) * self.counts[classes]).long()
+        offset = torch.minimum(offset, self.counts[classes] - 1)
+        return self.order[self.starts[classes] + offset]
+
+
+def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = None) -> EpochSampler:
+    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2)."""
+    if name == "instance":
+        return InstanceSampler(labels, seed=seed, num_samples=num_samples)
+    if name == "class_balanced":
+        return ClassPowerSampler(labels, seed=seed, power=0.0, num_samples=num_samples)
+    if name == "sqrt":
+        return ClassPowerSampler(labels, seed=seed, power=0.5, num_samples=num_samples)
+    raise DataError(f"unknown sampler {name!r}; use one of {SAMPLERS}")

@@ -1,0 +1,130 @@
+"""papermill runs, suites, reports and the CLI's bad-input handling (CPU, tiny settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import REPO
+from ltr_core import cli, runner
+
+
+def ltr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ltr_core.cli", *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_suite(tmp_path_factory):
+    """The smoke suite (profile + 2 seeds + report) run once through papermill."""
+    tmp = tmp_path_factory.mktemp("suite")
+    runner.ensure_kernel()
+    ov = {"results_root": str(tmp / "results"), "figures_dir": str(tmp / "figures"), "cache_dir": str(tmp / "cache")}
+    outcomes = runner.run_suite("params/smoke/suite.yaml", ov)
+    return tmp, ov, outcomes
+
+
+def test_suite_runs_profile_seeds_and_report(smoke_suite):
+    tmp, _, outcomes = smoke_suite
+    assert [o.status for o in outcomes] == ["complete"] * 4, [o.error for o in outcomes]
+    runs = sorted((tmp / "results" / "smoke").glob("digits_lt-erm-digits_ce-s*"))
+    assert [r.name[-2:] for r in runs] == ["s0", "s1"]
+    for r in runs:
+        res = json.loads((r / "results.json").read_text())
+        assert res["status"] == "complete"
+        nb = nbformat.read(r / "notebook.ipynb", as_version=4)  # the executed copy lives in the run dir
+        assert nb.metadata.papermill.parameters["seed"] == int(r.name[-1])
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    figs = tmp / "figures"
+    for f in ("summary.md", "summary.tex", "summary.csv", "runs.csv", "shot_bars_digits_lt.png",
+              "shot_bars_digits_lt.pdf", "per_class_digits_lt.png", "dataset_digits_lt_profile.pdf",
+              "dataset_digits_lt_samples.png"):
+        assert (figs / f).is_file() and (figs / f).stat().st_size > 0, f
+    assert "\\toprule" in (figs / "summary.tex").read_text()
+    profile = json.loads((tmp / "results" / "smoke" / "profile-digits_lt" / "profile.json").read_text())
+    assert profile["group_sizes"] == {"many": 1, "medium": 5, "few": 4}
+
+
+def test_suite_rerun_skips_complete_runs(smoke_suite):
+    _, ov, _ = smoke_suite
+    jobs = runner.expand_runs(runner.load_suite("params/smoke/suite.yaml"), ov)
+    outcomes = [runner.run_params(p, o) for p, o in jobs]
+    assert [o.status for o in outcomes] == ["skipped", "skipped"]
+
+
+def test_notebook_that_writes_nothing_is_a_failed_run(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "empty.ipynb")
+    fake = type("M", (), {"NOTEBOOK": str(tmp_path / "empty.ipynb")})
+    monkeypatch.setattr(runner, "get_method", lambda name: fake)
+    out = runner.run_params("params/smoke/digits_ce.yaml", {"results_root": str(tmp_path / "r")})
+    assert out.status == "failed" and "without writing a complete" in out.error
+
+
+def test_failing_cell_is_reported(tmp_path):
+    out = runner.run_params("params/smoke/digits_ce.yaml",
+                            {"results_root": str(tmp_path / "r"), "imbalance_ratio": 1000.0})
+    assert out.status == "failed"
+    assert (out.run_dir / "notebook.ipynb").is_file()  # the executed notebook shows the failing cell
+
+
+def test_cli_unknown_param_fails_before_any_kernel(tmp_path):
+    out = ltr("run", "params/smoke/digits_ce.yaml", "--set", "lrr=0.1", "--results-root", str(tmp_path))
+    assert out.returncode == 2
+    assert "unknown parameter 'lrr'" in out.stderr and "did you mean 'lr'" in out.stderr
+    assert not any(tmp_path.iterdir())
+    out = ltr("run", "params/smoke/digits_ce.yaml", "--set", "epochs=two", "--results-root", str(tmp_path))
+    assert out.returncode == 2 and "'epochs' must be int" in out.stderr
+
+
+def test_cli_missing_data_root_says_where_and_how(tmp_path):
+    out = ltr("run", "params/cifar10_lt/ce_ir100.yaml", "--no-notebook", "--data-root", str(tmp_path / "nowhere"),
+              "--results-root", str(tmp_path / "r"), "--set", "cache_dir=" + str(tmp_path / "c"))
+    assert out.returncode == 1
+    assert str(tmp_path / "nowhere") in out.stderr and "data_root" in out.stderr
+
+
+def test_overrides_change_run_name_but_placement_does_not(tmp_path):
+    base, _ = runner.resolve_params("params/smoke/digits_ce.yaml", {"results_root": str(tmp_path)})
+    placed, _ = runner.resolve_params("params/smoke/digits_ce.yaml", {"results_root": str(tmp_path), "device": "cpu"})
+    changed, _ = runner.resolve_params("params/smoke/digits_ce.yaml", {"results_root": str(tmp_path), "epochs": 5})
+    assert base["run_dir"] == placed["run_dir"] != changed["run_dir"]
+    assert Path(base["run_dir"]).is_absolute()
+
+
+def test_bad_suite_file(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "runz": []}))
+    with pytest.raises(Exception, match="unknown suite keys"):
+        runner.load_suite(p)
+    p.write_text(yaml.safe_dump({"name": "x", "runs": [{"params": "params/smoke/digits_ce.yaml", "set": {"lrr": 1}}]}))
+    with pytest.raises(Exception, match="lrr"):
+        runner.expand_runs(runner.load_suite(p))
+
+
+def test_bench_prints_table(capsys):
+    args = cli.build_parser().parse_args(["bench", "--image-size", "16", "--batch-size", "8", "--steps", "2",
+                                          "--warmup", "1", "--device", "cpu"])
+    assert cli.main(["bench", "--image-size", "16", "--batch-size", "8", "--steps", "2", "--warmup", "1",
+                     "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline_ratio" in out and "model_step_images_per_s" in out and args.model == "resnet32"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_thin_parameterised_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None
+            assert not any(line.lstrip().startswith(("def ", "class ")) for line in c.source.splitlines())
+    assert nb.metadata.kernelspec.name == "python3"
