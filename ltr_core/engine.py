@@ -80,19 +80,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch + 1
 
 
-def lr_factor(t: float, optim_cfg, epochs: int) -> float:
-    """Multiplier of the peak lr at training progress ``t`` (in epochs, fractional per step).
+def lr_factor(epoch: int, frac: float, optim_cfg, epochs: int) -> float:
+    """Multiplier of the peak lr for the step that ends a fraction ``frac`` (0 < frac <= 1) into ``epoch``.
 
-    warm-up: t / warmup_epochs while t < warmup_epochs (LDAM-DRW: lr * e / 5 over epochs 1-5);
-    step:    gamma ** #{m in milestones : floor(t) >= m} (LDAM-DRW: x0.01 at 160, x0.0001 at 180);
+    With t = epoch + frac (training progress in epochs at the end of the step):
+    warm-up: t / warmup_epochs while t < warmup_epochs (LDAM-DRW: lr * e / 5 in epochs e = 1..5);
+    step:    gamma ** #{m in milestones : epoch >= m}, whole epochs (LDAM-DRW: x0.01 from epoch 160,
+             x0.0001 from 180, 0-based);
     cosine:  r + (1 - r) * (1 + cos(pi * (t - w) / (E - w))) / 2 with r = min_lr / lr
              (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts).
     """
+    t = epoch + frac
     w = optim_cfg.warmup_epochs
     if w > 0 and t < w:
         return t / w
     if optim_cfg.schedule == "step":
-        passed = sum(1 for m in optim_cfg.lr_milestones if math.floor(t) >= m)
+        passed = sum(1 for m in optim_cfg.lr_milestones if epoch >= m)
         return optim_cfg.lr_gamma**passed
     if optim_cfg.schedule == "cosine":
         r = optim_cfg.min_lr / optim_cfg.lr
@@ -245,7 +248,7 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
     for i, (x, y) in enumerate(_progress(loader, cfg.run.interactive, epoch)):
         if i >= steps:
             break
-        factor = lr_factor(epoch + (i + 1) / steps, cfg.optim, cfg.train.epochs)
+        factor = lr_factor(epoch, (i + 1) / steps, cfg.optim, cfg.train.epochs)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor
         if channels_last:

@@ -176,26 +176,25 @@ def worst_class(per_class: Any) -> float:
     return float(acc.min()) if acc.size else float("nan")
 
 
-def harmonic_mean(per_class: Any) -> float:
-    """H = K / sum_c (1 / acc_c) over the K classes with test samples, in %; 0 if any acc_c = 0."""
+def _mean_of_positive(per_class: Any, mean) -> float:
+    """``mean`` of the per-class accuracies with test samples; NaN if none, 0 if any class is at 0."""
     acc = _np(per_class).astype(np.float64)
     acc = acc[~np.isnan(acc)]
     if not acc.size:
         return float("nan")
     if np.any(acc <= 0):
         return 0.0
-    return float(acc.size / np.sum(1.0 / acc))
+    return float(mean(acc))
+
+
+def harmonic_mean(per_class: Any) -> float:
+    """H = K / sum_c (1 / acc_c) over the K classes with test samples, in %; 0 if any acc_c = 0."""
+    return _mean_of_positive(per_class, lambda a: a.size / np.sum(1.0 / a))
 
 
 def geometric_mean(per_class: Any) -> float:
     """G = (prod_c acc_c)^(1/K) = exp(mean_c log acc_c) over classes with test samples, in %; 0 if any acc_c = 0."""
-    acc = _np(per_class).astype(np.float64)
-    acc = acc[~np.isnan(acc)]
-    if not acc.size:
-        return float("nan")
-    if np.any(acc <= 0):
-        return 0.0
-    return float(np.exp(np.mean(np.log(acc))))
+    return _mean_of_positive(per_class, lambda a: np.exp(np.mean(np.log(a))))
 
 
 def evaluate(logits: Any, labels: Any, class_counts: Any, *, many: int = 100, few: int = 20,

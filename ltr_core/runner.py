@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, RunConfig, config_hash, from_params, load_params
+from .config import ConfigError, RunConfig, config_hash, from_params, load_params, to_flat
 from .methods import get_method
 from .results import RunDir
 
@@ -100,7 +100,10 @@ def resolve_params(params_path: str | Path, overrides: dict[str, Any] | None = N
     params["run_dir"] = str(_abs(cfg.run_path()))
     if not params.get("figures_dir"):
         params["figures_dir"] = str(_abs(cfg.figures_path()))
-    return params, from_params(params)
+    cfg = from_params(params)
+    # Inject every key, not only those in the file: a notebook's parameters-cell defaults (tuned for
+    # interactive use) must never leak into a run that the params file does not mention.
+    return to_flat(cfg), cfg
 
 
 def _archive(run_dir: Path) -> Path | None:
@@ -212,22 +215,29 @@ def expand_runs(suite: Suite, overrides: dict[str, Any] | None = None) -> list[t
     return jobs
 
 
+def _run_artifact_notebook(label: str, notebook: str, out_dir: Path, params: dict[str, Any],
+                           artifact: Path) -> RunOutcome:
+    """Execute ``notebook`` into ``out_dir``; the run failed unless it wrote ``artifact``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        execute_notebook(notebook, out_dir / "notebook.ipynb", params, log_path=out_dir / "stdout.log")
+        if not artifact.is_file():
+            raise RunFailed(f"{notebook} finished without writing {artifact}")
+    except RunFailed as err:
+        print(f"FAIL  {label}: {err}", file=sys.stderr, flush=True)
+        return RunOutcome(label, out_dir, "failed", time.perf_counter() - t0, str(err))
+    print(f"done  {label} ({time.perf_counter() - t0:.0f} s) -> {artifact.parent}", flush=True)
+    return RunOutcome(label, out_dir, "complete", time.perf_counter() - t0)
+
+
 def run_profile(params_path: str, overrides: dict[str, Any]) -> RunOutcome:
     """dataset.ipynb for one params file: class-count profile, shot groups, sample grid."""
     params, cfg = resolve_params(params_path, overrides)
     out_dir = Path(params["results_root"]) / cfg.run.suite / f"profile-{cfg.data.dataset}"
     params["run_dir"] = str(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    try:
-        execute_notebook("dataset.ipynb", out_dir / "notebook.ipynb", params, log_path=out_dir / "stdout.log")
-        if not (out_dir / "profile.json").is_file():
-            raise RunFailed(f"dataset.ipynb finished without writing {out_dir / 'profile.json'}")
-    except RunFailed as err:
-        print(f"FAIL  profile {cfg.data.dataset}: {err}", file=sys.stderr, flush=True)
-        return RunOutcome(f"profile-{cfg.data.dataset}", out_dir, "failed", time.perf_counter() - t0, str(err))
-    print(f"done  profile {cfg.data.dataset} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return RunOutcome(f"profile-{cfg.data.dataset}", out_dir, "complete", time.perf_counter() - t0)
+    return _run_artifact_notebook(f"profile-{cfg.data.dataset}", "dataset.ipynb", out_dir, params,
+                                  out_dir / "profile.json")
 
 
 def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *, report: bool = True,
@@ -251,20 +261,10 @@ def run_report(suite_path: str | Path, overrides: dict[str, Any] | None = None) 
     """report.ipynb over the suite's results: tables and figures under figures/<suite>/."""
     suite = load_suite(suite_path)
     results_root = _abs((overrides or {}).get("results_root", "results"))
-    out_dir = results_root / suite.name / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures_dir = (overrides or {}).get("figures_dir") or suite.report.get("figures_dir", f"figures/{suite.name}")
-    params = {"suite_file": str(suite.path), "results_root": str(results_root), "figures_dir": str(_abs(figures_dir))}
-    t0 = time.perf_counter()
-    try:
-        execute_notebook("report.ipynb", out_dir / "notebook.ipynb", params, log_path=out_dir / "stdout.log")
-        if not (Path(params["figures_dir"]) / "summary.md").is_file():
-            raise RunFailed(f"report.ipynb finished without writing {params['figures_dir']}/summary.md")
-    except RunFailed as err:
-        print(f"FAIL  report {suite.name}: {err}", file=sys.stderr, flush=True)
-        return RunOutcome(f"report-{suite.name}", out_dir, "failed", time.perf_counter() - t0, str(err))
-    print(f"done  report {suite.name} -> {params['figures_dir']}", flush=True)
-    return RunOutcome(f"report-{suite.name}", out_dir, "complete", time.perf_counter() - t0)
+    figures_dir = _abs((overrides or {}).get("figures_dir") or suite.report.get("figures_dir", f"figures/{suite.name}"))
+    params = {"suite_file": str(suite.path), "results_root": str(results_root), "figures_dir": str(figures_dir)}
+    return _run_artifact_notebook(f"report-{suite.name}", "report.ipynb", results_root / suite.name / "report",
+                                  params, figures_dir / "summary.md")
 
 
 def ensure_kernel() -> None:

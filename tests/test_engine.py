@@ -24,19 +24,20 @@ from ltr_core.results import RunDir
 
 def test_lr_factor_ldam_step_schedule():
     cfg = from_params({"schedule": "step", "warmup_epochs": 5.0, "lr_milestones": [160, 180], "lr_gamma": 0.01})
-    f = lambda t: engine.lr_factor(t, cfg.optim, 200)  # noqa: E731
-    assert f(1.0) == pytest.approx(0.2) and f(2.5) == pytest.approx(0.5) and f(5.0) == 1.0
-    assert f(159.99) == 1.0 and f(160.0) == pytest.approx(0.01) and f(180.5) == pytest.approx(1e-4)
+    f = lambda e, frac: engine.lr_factor(e, frac, cfg.optim, 200)  # noqa: E731
+    assert f(0, 1.0) == pytest.approx(0.2) and f(2, 0.5) == pytest.approx(0.5) and f(4, 1.0) == 1.0
+    assert f(159, 1.0) == 1.0  # the last step of epoch 159 is not yet decayed
+    assert f(160, 0.01) == pytest.approx(0.01) and f(180, 0.5) == pytest.approx(1e-4)
 
 
 def test_lr_factor_cosine():
     cfg = from_params({"schedule": "cosine", "warmup_epochs": 0.0, "lr": 0.1, "min_lr": 0.0})
-    assert engine.lr_factor(0.0, cfg.optim, 10) == pytest.approx(1.0)
-    assert engine.lr_factor(5.0, cfg.optim, 10) == pytest.approx(0.5)
-    assert engine.lr_factor(10.0, cfg.optim, 10) == pytest.approx(0.0, abs=1e-12)
+    assert engine.lr_factor(0, 0.0, cfg.optim, 10) == pytest.approx(1.0)
+    assert engine.lr_factor(4, 1.0, cfg.optim, 10) == pytest.approx(0.5)
+    assert engine.lr_factor(9, 1.0, cfg.optim, 10) == pytest.approx(0.0, abs=1e-12)
     cfg = from_params({"schedule": "cosine", "warmup_epochs": 2.0, "lr": 0.1, "min_lr": 0.01})
-    assert engine.lr_factor(1.0, cfg.optim, 12) == pytest.approx(0.5)
-    assert engine.lr_factor(7.0, cfg.optim, 12) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert engine.lr_factor(0, 1.0, cfg.optim, 12) == pytest.approx(0.5)
+    assert engine.lr_factor(6, 1.0, cfg.optim, 12) == pytest.approx(0.1 + 0.9 * 0.5)
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO
 from ltr_core import cli, runner
+from ltr_core.config import config_hash
 
 
 def ltr(*args: str) -> subprocess.CompletedProcess:
@@ -37,6 +38,10 @@ def test_suite_runs_profile_seeds_and_report(smoke_suite):
     for r in runs:
         res = json.loads((r / "results.json").read_text())
         assert res["status"] == "complete"
+        # the run computed exactly the params file's config: no parameters-cell default leaked in
+        # (erm.ipynb's cell says image_size = 8 and epochs = 100, the smoke params file says otherwise)
+        _, cfg = runner.resolve_params("params/smoke/digits_ce.yaml", {"seed": res["seed"], "suite": "smoke"})
+        assert res["config_hash"] == config_hash(cfg) and res["epochs"] == 2
         nb = nbformat.read(r / "notebook.ipynb", as_version=4)  # the executed copy lives in the run dir
         assert nb.metadata.papermill.parameters["seed"] == int(r.name[-1])
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
