@@ -84,7 +84,20 @@ class ModelSection:
 @dataclass(frozen=True)
 class LossSection:
     loss: str = "ce"  # see ltr_core.losses.LOSSES
-    label_smoothing: float = 0.0  # epsilon of label smoothing
+    label_smoothing: float = 0.0  # epsilon of label smoothing (ce, bal_bce; other losses reject it)
+    focal_gamma: float = 1.0  # focal (and cb with cb_loss=focal): gamma of -(1-p_y)^gamma log p_y
+    cb_beta: float = 0.9999  # cb: beta of the effective number, w_c = (1-beta)/(1-beta^n_c), sum w = C
+    cb_loss: str = "ce"  # cb: loss the class-balanced weights multiply: ce | focal
+    ldam_max_margin: float = 0.5  # ldam, ldam_drw: margin of the rarest class (m_c ~ n_c^-1/4)
+    ldam_scale: float = 30.0  # ldam, ldam_drw: logit scale s on cosine logits (use head=cosine, cosine_scale=1)
+    drw_epoch: int = 160  # ldam_drw: first (0-based) epoch with class-balanced weights (80% of the schedule)
+    drw_beta: float = 0.9999  # ldam_drw: beta of the deferred class-balanced weights
+    la_tau: float = 1.0  # logit_adjusted: tau of CE(z + tau log prior)
+    bal_bce_tau: float = 1.0  # bal_bce: tau of the prior log-odds added to the logits
+    mislas_eps_head: float = 0.3  # mislas: smoothing of the most frequent class
+    mislas_eps_tail: float = 0.0  # mislas: smoothing of the rarest class
+    mislas_shape: str = "concave"  # mislas: concave | linear | convex interpolation in n_c
+    lade_alpha: float = 0.1  # lade: weight alpha of the LADE regulariser on the PC-softmax CE
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ SECTIONS: dict[str, type] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "lt_profile": ("exp", "step"),
-    "sampler": ("instance", "class_balanced", "sqrt"),
+    "sampler": ("instance", "class_balanced", "sqrt", "progressive"),
     "head": ("linear", "cosine"),
     "channels_last": ("auto", "on", "off"),
     "optimizer": ("sgd", "adamw"),

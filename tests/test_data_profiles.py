@@ -90,3 +90,8 @@ def test_select_lt_indices_deterministic_and_seeded():
 def test_select_lt_indices_too_few_images():
     with pytest.raises(DataError, match="class 1 has 2 training images"):
         select_lt_indices(np.array([0, 0, 0, 1, 1]), [3, 3])
+
+
+def test_ratio_that_empties_a_class_is_an_error():
+    with pytest.raises(DataError, match="without training images"):
+        lt_counts(120, 10, 1000.0)

@@ -16,7 +16,7 @@ def freqs(sampler, epoch=0):
 
 
 def test_names():
-    assert SAMPLERS == ("instance", "class_balanced", "sqrt")
+    assert SAMPLERS == ("instance", "class_balanced", "sqrt", "progressive")
     with pytest.raises(DataError, match="unknown sampler 'balanced'"):
         build_sampler("balanced", LABELS, seed=0)
 
@@ -66,3 +66,60 @@ def test_class_power_skips_empty_classes_and_rejects_open_labels():
     assert s.class_probs.tolist() == [0.5, 0.0, 0.5]
     with pytest.raises(DataError, match="labels >= 0"):
         build_sampler("sqrt", torch.tensor([0, -1]), seed=0)
+
+
+def _assert_freqs(f, p, n):
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(f - p) < 5 * sigma + 1e-12), (f, p)
+
+
+def test_progressive_moves_from_instance_to_class_balanced():
+    E, n = 10, 40000
+    s = build_sampler("progressive", LABELS, seed=0, num_samples=n, epochs=E)
+    inst, unif = COUNTS / COUNTS.sum(), np.full(4, 0.25)
+    for e in (0, 3, 5, E):
+        t = e / E
+        p = (1 - t) * inst + t * unif
+        assert np.allclose(s.class_probs_at(e).numpy(), p)
+        f, _ = freqs(s, e)
+        _assert_freqs(f, p, n)
+    f0, _ = freqs(s, 0)
+    fE, _ = freqs(s, E)
+    _assert_freqs(f0, inst, n)  # e = 0: instance-balanced
+    _assert_freqs(fE, unif, n)  # e = E: class-balanced
+    assert np.allclose(s.class_probs_at(2 * E).numpy(), unif)  # clipped past the end
+    # within a class, instances are uniform
+    idx = s.indices(E)
+    per = np.bincount(idx[LABELS[idx] == 2].numpy() - 1100, minlength=10)
+    assert per.min() > 0.6 * per.mean() and per.max() < 1.4 * per.mean()
+
+
+def test_progressive_determinism_and_needs_epochs():
+    s = build_sampler("progressive", LABELS, seed=5, epochs=4)
+    assert len(s) == len(LABELS)
+    assert torch.equal(s.indices(2), build_sampler("progressive", LABELS, seed=5, epochs=4).indices(2))
+    assert not torch.equal(s.indices(2), s.indices(3))
+    s.set_epoch(2)
+    assert list(iter(s)) == s.indices(2).tolist()
+    # empty classes get no probability in either part of the mixture
+    g = build_sampler("progressive", torch.tensor([0, 0, 0, 2]), seed=0, epochs=2)
+    assert np.allclose(g.class_probs_at(1).numpy(), [0.5 * 0.75 + 0.25, 0.0, 0.5 * 0.25 + 0.25])
+    with pytest.raises(DataError, match="needs the total number of epochs"):
+        build_sampler("progressive", LABELS, seed=0)
+    with pytest.raises(DataError, match="labels >= 0"):
+        build_sampler("progressive", torch.tensor([0, -1]), seed=0, epochs=3)
+
+
+def test_make_loader_passes_epochs_to_the_progressive_sampler():
+    from ltr_core.data import LTData, Split, make_loader
+
+    split = Split(labels=torch.tensor([0] * 9 + [1] * 3), images=torch.zeros(12, 3, 8, 8, dtype=torch.uint8))
+    data = LTData(name="tiny", class_names=["a", "b"], train=split, test=split, mean=(0.5,) * 3, std=(0.25,) * 3,
+                  image_size=8)
+    with pytest.raises(DataError, match="epochs"):
+        make_loader(data, "train", train=True, batch_size=4, device="cpu", sampler="progressive")
+    loader = make_loader(data, "train", train=True, batch_size=4, device="cpu", sampler="progressive", epochs=3,
+                         augment=False)
+    assert loader.sampler.epochs == 3 and len(loader) == 3
+    loader.set_epoch(1)
+    assert sum(int(y.numel()) for _, y in loader) == 12

@@ -66,10 +66,13 @@ class FileLoader:
 
 def make_loader(data: LTData, split: str, *, train: bool, batch_size: int, device, sampler: str = "instance",
                 seed: int = 0, num_workers: int = 2, augment: bool = True, crop_padding: int = 4,
-                drop_last: bool = False):
-    """A loader over ``data.split(split)``: train -> sampler order + augmentation; eval -> sequential, none."""
+                drop_last: bool = False, epochs: int | None = None):
+    """A loader over ``data.split(split)``: train -> sampler order + augmentation; eval -> sequential, none.
+
+    ``epochs`` (the run's total epochs) is required by the ``progressive`` sampler and ignored otherwise.
+    """
     part = data.split(split)
-    epoch_sampler = build_sampler(sampler, part.labels, seed=seed) if train else None
+    epoch_sampler = build_sampler(sampler, part.labels, seed=seed, epochs=epochs) if train else None
     if part.images is not None:
         return DeviceTensorLoader(part.images, part.labels, batch_size=batch_size, device=device, train=train,
                                   sampler=epoch_sampler, mean=data.mean, std=data.std, image_size=data.image_size,

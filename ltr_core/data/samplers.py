@@ -1,4 +1,4 @@
-"""Epoch-deterministic samplers: instance-balanced, class-balanced and square-root sampling.
+"""Epoch-deterministic samplers: instance-balanced, class-balanced, square-root and progressive sampling.
 
 Every sampler's order for epoch e is a pure function of (seed, e): it draws from
 ``torch.Generator().manual_seed(seed * 1_000_003 + e)``, so a run resumed at epoch e sees exactly
@@ -11,6 +11,9 @@ the order an uninterrupted run would have seen.
   N draws per epoch by default. (classifier-balancing's own class-aware sampler instead cycles a
   shuffled class list taking 4 images per visit; its marginal class distribution is the same
   uniform one.)
+* progressive-balanced sampling (Kang et al., ICLR 2020, §3): at epoch e of E,
+  p_c(e) = (1 - e/E) * n_c/N + (e/E) * 1/C (instance-balanced -> class-balanced, e/E clipped to
+  [0, 1], C the non-empty classes), then an instance of c uniformly, with replacement; needs E.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch.utils.data import Sampler
 
 from .base import DataError
 
-SAMPLERS = ("instance", "class_balanced", "sqrt")
+SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")
 SEED_STRIDE = 1_000_003
 
 
@@ -65,35 +68,78 @@ class InstanceSampler(EpochSampler):
         return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: self.num_samples]
 
 
-class ClassPowerSampler(EpochSampler):
-    """p(c) ∝ n_c^q, then a uniform instance of c (with replacement); q=0 class-balanced, q=0.5 sqrt."""
+class _ClassDrawSampler(EpochSampler):
+    """Base of the class-aware samplers: draw a class from ``class_probs_at(epoch)``, then a uniform
+    instance of it (with replacement)."""
 
-    def __init__(self, labels, *, seed: int, power: float, num_samples: int | None = None) -> None:
+    def __init__(self, labels, *, seed: int, num_samples: int | None = None) -> None:
         super().__init__(labels, seed=seed, num_samples=num_samples)
         if (self.labels < 0).any():
             raise DataError("class-aware sampling needs labels >= 0 (an open-set split has label -1)")
-        self.power = float(power)
         counts = torch.bincount(self.labels).to(torch.float64)
-        weights = torch.where(counts > 0, counts.pow(self.power), torch.zeros_like(counts))
-        self.class_probs = weights / weights.sum()
         self.counts = counts.to(torch.int64)
         self.order = torch.argsort(self.labels, stable=True)  # indices grouped by class
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # first slot of each class in `order`
 
+    def class_probs_at(self, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
     def indices(self, epoch: int | None = None) -> torch.Tensor:
-        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
-        classes = torch.multinomial(self.class_probs, self.num_samples, replacement=True, generator=g)
+        epoch = self.epoch if epoch is None else epoch
+        g = epoch_generator(self.seed, epoch)
+        classes = torch.multinomial(self.class_probs_at(epoch), self.num_samples, replacement=True, generator=g)
         offset = (torch.rand(self.num_samples, generator=g, dtype=torch.float64) * self.counts[classes]).long()
         offset = torch.minimum(offset, self.counts[classes] - 1)
         return self.order[self.starts[classes] + offset]
 
 
-def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = None) -> EpochSampler:
-    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2)."""
+class ClassPowerSampler(_ClassDrawSampler):
+    """p(c) ∝ n_c^q, then a uniform instance of c (with replacement); q=0 class-balanced, q=0.5 sqrt."""
+
+    def __init__(self, labels, *, seed: int, power: float, num_samples: int | None = None) -> None:
+        super().__init__(labels, seed=seed, num_samples=num_samples)
+        self.power = float(power)
+        counts = self.counts.to(torch.float64)
+        weights = torch.where(counts > 0, counts.pow(self.power), torch.zeros_like(counts))
+        self.class_probs = weights / weights.sum()
+
+    def class_probs_at(self, epoch: int) -> torch.Tensor:
+        return self.class_probs
+
+
+class ProgressiveSampler(_ClassDrawSampler):
+    """Progressive-balanced sampling (Kang et al., ICLR 2020): p_c(e) = (1 - e/E) n_c/N + (e/E) / C.
+
+    e is the 0-based epoch, E = ``epochs`` (e/E clipped to [0, 1]); C counts the non-empty classes.
+    """
+
+    def __init__(self, labels, *, seed: int, epochs: int, num_samples: int | None = None) -> None:
+        super().__init__(labels, seed=seed, num_samples=num_samples)
+        if epochs is None or int(epochs) < 1:
+            raise DataError(f"the progressive sampler needs the total number of epochs >= 1, got {epochs!r}")
+        self.epochs = int(epochs)
+        counts = self.counts.to(torch.float64)
+        self.instance_probs = counts / counts.sum()
+        present = (counts > 0).to(torch.float64)
+        self.uniform_probs = present / present.sum()
+
+    def class_probs_at(self, epoch: int) -> torch.Tensor:
+        t = min(max(float(epoch) / self.epochs, 0.0), 1.0)
+        return (1.0 - t) * self.instance_probs + t * self.uniform_probs
+
+
+def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = None,
+                  epochs: int | None = None) -> EpochSampler:
+    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2) | progressive (needs ``epochs``)."""
     if name == "instance":
         return InstanceSampler(labels, seed=seed, num_samples=num_samples)
     if name == "class_balanced":
         return ClassPowerSampler(labels, seed=seed, power=0.0, num_samples=num_samples)
     if name == "sqrt":
         return ClassPowerSampler(labels, seed=seed, power=0.5, num_samples=num_samples)
+    if name == "progressive":
+        if epochs is None:
+            raise DataError("sampler 'progressive' needs the total number of epochs: pass epochs=cfg.train.epochs "
+                            "to build_sampler / make_loader")
+        return ProgressiveSampler(labels, seed=seed, epochs=epochs, num_samples=num_samples)
     raise DataError(f"unknown sampler {name!r}; use one of {SAMPLERS}")
