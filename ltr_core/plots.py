@@ -50,11 +50,16 @@ def set_style() -> None:
 
 
 def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (atomically; the folder is created)."""
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (atomically; the folder is created).
+
+    No creation date or software stamp is embedded, so regenerating an unchanged figure leaves the
+    committed files byte-identical.
+    """
     paths = []
+    stamps = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
     for fmt in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt)
+        fig.savefig(buf, format=fmt, metadata=stamps[fmt])
         paths.append(atomic_write_bytes(Path(out_dir) / f"{name}.{fmt}", buf.getvalue()))
     return paths
 

@@ -114,6 +114,14 @@ def _archive(run_dir: Path) -> Path | None:
     return dest
 
 
+class _DropUnknownParameterWarnings(logging.Filter):
+    """papermill warns for every injected key its parameters cell does not list; we inject the whole
+    resolved config on purpose (and check unknown keys strictly ourselves), so those lines are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passed unknown parameter" not in record.getMessage()
+
+
 def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, Any], log_path: Path | None = None) -> None:
     """papermill with an explicit kernel, cwd = repo root, absolute paths; raises RunFailed."""
     import papermill as pm
@@ -125,6 +133,8 @@ def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, A
     output.parent.mkdir(parents=True, exist_ok=True)
     handler = None
     pm_logger = logging.getLogger("papermill")
+    if not any(isinstance(f, _DropUnknownParameterWarnings) for f in pm_logger.filters):
+        pm_logger.addFilter(_DropUnknownParameterWarnings())
     if log_path is not None:
         handler = logging.FileHandler(log_path)
         handler.setFormatter(logging.Formatter("%(message)s"))
