@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import yaml
 
@@ -47,6 +47,7 @@ class RunSection:
     interactive: bool = False  # tqdm bars (True in JupyterLab); papermill runs log one line per epoch
     tensorboard: bool = True  # TensorBoard scalars under <run_dir>/tb
     save_logits: bool = True  # logits.npz of the evaluation split in the run directory
+    init_run: str = ""  # a finished run (directory, or run id in this suite) whose weights start this one; "{seed}" -> seed
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,73 @@ class TrainSection:
     compile: bool = False  # torch.compile the model
 
 
-SECTIONS: dict[str, type] = {
+# ----------------------------------------------------------------------------------------------
+# Method-family sections. Each lists the methods it belongs to in ``METHODS``: its keys enter the
+# config hash of those methods only, so tuning one family never invalidates another family's runs.
+# Keys are flat and unique across all sections (prefix them with the family name).
+
+
+@dataclass(frozen=True)
+class DecoupleSection:
+    """Two-stage classifier re-balancing on a frozen stage-1 backbone (Kang et al., ICLR 2020)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("decouple",)
+
+
+@dataclass(frozen=True)
+class OLTRSection:
+    """OLTR: modulated attention + dynamic meta-embedding (Liu et al., CVPR 2019)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("oltr",)
+
+
+@dataclass(frozen=True)
+class LiVTSection:
+    """LiVT: masked generative pretraining + balanced fine-tuning (Xu et al., CVPR 2023)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("livt",)
+
+
+@dataclass(frozen=True)
+class ClipSection:
+    """A CLIP model through open_clip, shared by every CLIP-based family."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("pel", "zeroshot", "vlltr", "tailclip")
+    clip_model: str = "ViT-B-16"  # open_clip model name (OpenAI weights: a -quickgelu name or pretrained=openai)
+    clip_pretrained: str = ""  # open_clip pretrained tag (e.g. openai) or a local checkpoint file; empty: random init
+    clip_interpolation: str = "bicubic"  # resize interpolation of the image preprocessing: bicubic | bilinear
+    clip_prompt: str = "a photo of a {}."  # text template of the class prompts
+
+
+@dataclass(frozen=True)
+class PELSection:
+    """PEL/LIFT: parameter-efficient fine-tuning of CLIP (Shi et al., arXiv 2309.10019)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("pel", "zeroshot")
+
+
+@dataclass(frozen=True)
+class VLLTRSection:
+    """VL-LTR: class-wise visual-linguistic pretraining + language-guided head (Tian et al., ECCV 2022)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("vlltr",)
+
+
+@dataclass(frozen=True)
+class TailCLIPSection:
+    """TailCLIP / LM-CLIP: multi-label long tail with CLIP (Timmermann et al.)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("tailclip",)
+
+
+@dataclass(frozen=True)
+class DistSection:
+    """Multi-GPU and cluster execution (not part of what a run computes)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ()
+
+
+CORE_SECTIONS: dict[str, type] = {
     "run": RunSection,
     "data": DataSection,
     "model": ModelSection,
@@ -137,6 +204,17 @@ SECTIONS: dict[str, type] = {
     "optim": OptimSection,
     "train": TrainSection,
 }
+FAMILY_SECTIONS: dict[str, type] = {
+    "decouple": DecoupleSection,
+    "oltr": OLTRSection,
+    "livt": LiVTSection,
+    "clip": ClipSection,
+    "pel": PELSection,
+    "vlltr": VLLTRSection,
+    "tailclip": TailCLIPSection,
+    "dist": DistSection,
+}
+SECTIONS: dict[str, type] = {**CORE_SECTIONS, **FAMILY_SECTIONS}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "lt_profile": ("exp", "step"),
@@ -147,6 +225,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("step", "cosine", "constant"),
     "precision": ("auto", "bf16", "fp32"),
     "eval_split": ("test", "val"),
+    "clip_interpolation": ("bicubic", "bilinear"),
 }
 
 # Keys that name where or how a run executes, not what it computes: left out of the config hash,
@@ -170,6 +249,14 @@ class RunConfig:
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    decouple: DecoupleSection = field(default_factory=DecoupleSection)
+    oltr: OLTRSection = field(default_factory=OLTRSection)
+    livt: LiVTSection = field(default_factory=LiVTSection)
+    clip: ClipSection = field(default_factory=ClipSection)
+    pel: PELSection = field(default_factory=PELSection)
+    vlltr: VLLTRSection = field(default_factory=VLLTRSection)
+    tailclip: TailCLIPSection = field(default_factory=TailCLIPSection)
+    dist: DistSection = field(default_factory=DistSection)
 
     @property
     def run_id(self) -> str:
@@ -316,6 +403,10 @@ def _check_ranges(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from .methods import METHODS  # the registry imports nothing heavy
+
+    if cfg.run.method not in METHODS:
+        raise ConfigError(f"parameter 'method' must be one of {sorted(METHODS)}, got {cfg.run.method!r}")
 
 
 def from_notebook(namespace: Mapping[str, Any]) -> RunConfig:
@@ -342,9 +433,18 @@ def to_flat(cfg: RunConfig) -> dict[str, Any]:
     return flat
 
 
+def semantic_params(cfg: RunConfig) -> dict[str, Any]:
+    """The flat parameters that define what a run computes: every core-section key and the keys of
+    the family sections whose ``METHODS`` include ``cfg.run.method``, minus :data:`NON_SEMANTIC_KEYS`."""
+    keys = [f.name for name, cls in SECTIONS.items()
+            if name in CORE_SECTIONS or cfg.run.method in cls.METHODS for f in dataclasses.fields(cls)]
+    flat = to_flat(cfg)
+    return {k: flat[k] for k in keys if k not in NON_SEMANTIC_KEYS}
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """sha256 (16 hex chars) of the semantic parameters; equal hashes mean the same experiment."""
-    flat = {k: v for k, v in to_flat(cfg).items() if k not in NON_SEMANTIC_KEYS}
+    """sha256 (16 hex chars) of :func:`semantic_params`; equal hashes mean the same experiment."""
+    flat = semantic_params(cfg)
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 

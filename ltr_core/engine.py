@@ -105,8 +105,19 @@ def lr_factor(epoch: int, frac: float, optim_cfg, epochs: int) -> float:
 
 
 def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters."""
-    params = [p for p in params if p.requires_grad]
+    """SGD or AdamW over the trainable parameters.
+
+    ``params`` is an iterable of tensors, or of param-group dicts (``{"params": [...], "lr": ...,
+    "weight_decay": ...}``: per-group settings override ``optim_cfg``; used for layer-wise lr decay,
+    separate classifier/feature learning rates, no weight decay on norms). Frozen tensors
+    (``requires_grad=False``) are left out; groups left empty are dropped.
+    """
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     if optim_cfg.optimizer == "sgd":
@@ -193,17 +204,22 @@ class EpochLogger:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device, precision: str = "auto",
-            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels (CPU) over a loader in eval mode."""
+            channels_last: bool = False, fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (float32, CPU) and labels (CPU) over a loader, ``model`` in eval mode.
+
+    The outputs are ``fn(x)`` (default ``model(x)``, the logits); e.g. ``fn=model.features`` gives
+    the pooled features (what :mod:`ltr_core.features` caches).
+    """
     was_training = model.training
     model.eval()
+    fn = fn or model
     dtype = autocast_dtype(precision, device)
     logits, labels = [], []
     for x, y in loader:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            logits.append(model(x).float())
+            logits.append(fn(x).float())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
@@ -233,8 +249,13 @@ def _progress(loader, enabled: bool, epoch: int):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoch: int, device: torch.device,
-                    channels_last: bool, forward: Callable | None = None) -> tuple[float, int]:
-    """One pass over ``loader``; returns (mean loss, images seen). Raises NonFiniteLossError."""
+                    channels_last: bool, forward: Callable | None = None,
+                    batch_transform: Callable | None = None) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, images seen). Raises NonFiniteLossError.
+
+    ``batch_transform(x, y) -> (x, t)`` runs on the device before the forward pass (mixup/cutmix with
+    soft targets t [B, C], RandAugment on the device, ...); the loss is ``criterion(forward(x), t)``.
+    """
     model.train()
     forward = forward or model
     dtype = autocast_dtype(cfg.train.precision, device)
@@ -251,6 +272,8 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
         factor = lr_factor(epoch, (i + 1) / steps, cfg.optim, cfg.train.epochs)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor
+        if batch_transform is not None:
+            x, y = batch_transform(x, y)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for xs, ys in zip(x.chunk(accum), y.chunk(accum)):
@@ -273,11 +296,13 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
 
 def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig, run_dir: RunDir,
         device: torch.device, evaluate: Callable[[int], dict] | None = None,
-        optimizer: torch.optim.Optimizer | None = None) -> FitResult:
+        optimizer: torch.optim.Optimizer | None = None, batch_transform: Callable | None = None) -> FitResult:
     """Train for ``cfg.train.epochs`` epochs, checkpointing each epoch and resuming if a checkpoint exists.
 
     ``evaluate(epoch)`` returns scalar metrics to log (called every ``eval_every`` epochs and after the
-    last one). The model is left with the final weights.
+    last one). ``optimizer`` replaces the default one (param groups, frozen parts); ``batch_transform``
+    see :func:`train_one_epoch`. Everything the loss keeps as state must live in ``model`` (it is what
+    the checkpoint saves). The model is left with the final weights.
     """
     channels_last = use_channels_last(model, cfg.model.channels_last, device)
     model.to(device)
@@ -315,7 +340,8 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
             t0 = time.perf_counter()
             try:
                 loss, images = train_one_epoch(model, criterion, train_loader, optimizer, cfg=cfg, epoch=epoch,
-                                               device=device, channels_last=channels_last, forward=forward)
+                                               device=device, channels_last=channels_last, forward=forward,
+                                               batch_transform=batch_transform)
             except NonFiniteLossError as err:
                 last = state["epoch"] if state else None
                 where = f"the checkpoint of epoch {last} in {ckpt.dir}" if last is not None else "no checkpoint yet"

@@ -381,7 +381,7 @@ def _numpy(x: Any) -> np.ndarray:
 
 BASE_COLUMNS = ("run_id", "dataset", "method", "seed", "name", "config_hash", "status")
 TAIL_COLUMNS = ("train_seconds", "images_per_second", "device", "path")
-EXTRA_SCALARS = ("loss", "model", "eval_split", "epochs", "selection")
+EXTRA_SCALARS = ("loss", "model", "eval_split", "epochs", "selection", "stage")
 
 
 def _result_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -440,15 +440,16 @@ def _row(results: Mapping[str, Any], path: Path) -> dict[str, Any]:
 
 
 def collect(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike], *,
-            include_incomplete: bool = False) -> pd.DataFrame:
+            include_incomplete: bool = False, include_stages: bool = False) -> pd.DataFrame:
     """One row per results.json: run_id, dataset, method, seed, name, config_hash, status, [loss, model,
     eval_split, epochs, selection], every metrics key (nested dicts flattened as ``group_sizes_many``),
     train_seconds, images_per_second, device, path (the run directory).
 
     Accepts files, run/suite directories (searched recursively) and glob patterns (``**`` allowed).
     Runs whose status is not "complete" (or whose results.json does not parse) are dropped with a warning
-    unless ``include_incomplete``. Null metrics (empty groups) are NaN. Rows are sorted by dataset,
-    method, name, seed.
+    unless ``include_incomplete``. Results of intermediate stages of multi-stage runs (a ``stage`` key,
+    see :mod:`ltr_core.stages`) are left out unless ``include_stages``. Null metrics (empty groups) are
+    NaN. Rows are sorted by dataset, method, name, seed.
     """
     rows, skipped = [], []
     for path in _result_files(paths_or_globs):
@@ -457,6 +458,8 @@ def collect(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike], *,
             skipped.append(f"{path} (unreadable)")
             if include_incomplete:
                 rows.append({"status": "unreadable", "path": str(path.parent)})
+            continue
+        if res.get("stage") and not include_stages:
             continue
         if res.get("status") != "complete":
             skipped.append(f"{path} (status {res.get('status')!r})")
@@ -550,13 +553,16 @@ def _table_frames(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, published:
     shown = summary_df[labels + metrics].reset_index(drop=True).astype(object)
     values = numeric_df[labels + metrics].reset_index(drop=True)
     n_ours = len(shown)
+    varying = [c for c in labels if shown[c].astype(str).nunique() > 1]
+    varying = varying or (["method"] if "method" in labels else labels[-1:])
     if published is not None and len(published):
         pub = published.reset_index(drop=True).copy()
         for c in labels:
             if c not in pub.columns:
                 pub[c] = ""
-        label_col = "method" if "method" in labels else labels[-1]
-        pub[label_col] = pub[label_col].astype(str) + " (published)"
+        # the published row's label goes where our rows show their identity (the last varying column)
+        source = "method" if "method" in pub.columns else varying[-1]
+        pub[varying[-1]] = pub[source].astype(str) + " (published)"
         pub_vals = pd.DataFrame({c: pub[c] for c in labels}
                                 | {m: pd.to_numeric(pub[m], errors="coerce") if m in pub.columns
                                    else np.nan for m in metrics})
@@ -565,8 +571,6 @@ def _table_frames(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, published:
             pub_shown[m] = [format_mean_std(v, np.nan, 1, decimals) for v in pub_vals[m]]
         shown = pd.concat([shown, pub_shown], ignore_index=True)
         values = pd.concat([values, pub_vals], ignore_index=True)
-    varying = [c for c in labels if shown[c].iloc[:n_ours].astype(str).nunique() > 1]
-    varying = varying or (["method"] if "method" in labels else labels[-1:])
     return shown, values, varying, metrics, n_ours
 
 

@@ -67,11 +67,13 @@ def _log_scalars(m: dict) -> dict:
 
 
 def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None,
-                   postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+                   postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   stage: str | None = None) -> dict:
     """Train ``build(cfg, data)`` with the shared engine and write the complete run directory.
 
     A run directory that already holds a complete ``results.json`` for the same config hash is not
     re-run: its results are returned. An interrupted one resumes from its last checkpoint.
+    ``stage`` marks an intermediate stage of a multi-stage run (see :mod:`ltr_core.stages`).
     """
     existing = RunDir(cfg.run_path())
     chash = config_hash(cfg)
@@ -87,7 +89,8 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
     model, criterion = build(cfg, data)
     train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
                                sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                               augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=False)
+                               augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=False,
+                               epochs=cfg.train.epochs)
     eval_loader = make_loader(data, cfg.data.eval_split, train=False, batch_size=cfg.train.eval_batch_size,
                               device=device, num_workers=cfg.data.num_workers)
     channels_last = engine.use_channels_last(model, cfg.model.channels_last, device)
@@ -104,12 +107,17 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
     final_epoch = cfg.train.epochs - 1
     if not last or last[0].epoch != final_epoch:
         evaluate(final_epoch)
-    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device)
+    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device, stage=stage)
 
 
 def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData, model: nn.Module,
-                      ev: Evaluation, fit: engine.FitResult, device: torch.device) -> dict:
-    """Weights, logits, per_class.csv and (last, atomically) results.json."""
+                      ev: Evaluation, fit: engine.FitResult, device: torch.device, *,
+                      stage: str | None = None, extra: dict | None = None) -> dict:
+    """Weights, logits, per_class.csv and (last, atomically) results.json.
+
+    ``stage`` marks the results of an intermediate stage (left out of suite tables); ``extra`` adds
+    method-specific top-level keys (e.g. the selected τ, trainable-parameter counts).
+    """
     path = Path(run_dir.path)
     tmp = path / "model.safetensors.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
@@ -143,6 +151,10 @@ def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "complete",
     }
+    if stage:
+        results["stage"] = stage
+    if extra:
+        results.update(extra)
     run_dir.write_results(results)
     return results
 

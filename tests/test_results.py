@@ -242,3 +242,17 @@ def test_write_tables(suite, tmp_path):
     assert "**73.0 ± 3.6**" in md and "LDAM-DRW (published)" in md
     csv = pd.read_csv(paths["csv"])
     assert set(csv["source"]) == {"ours", "published"}
+
+
+def test_published_label_lands_in_the_column_that_names_our_rows(tmp_path):
+    # our rows differ only by run name (one method), so the table shows a Name column: the published
+    # row's label must appear there, not in the hidden Method column
+    df = pd.DataFrame({"dataset": ["c10"] * 2, "method": ["erm"] * 2, "name": ["ir100", "ir10"],
+                       "seed": [0, 0], "top1": [70.0, 86.0]})
+    numeric = R.summary_numeric(df, metrics=("top1",))
+    shown = R.summary_table(df, metrics=("top1",))
+    published = pd.DataFrame({"method": ["CE, LDAM-DRW paper"], "top1": [70.36]})
+    paths = R.write_tables(shown, numeric, tmp_path, "t", "cap", "tab:t", published=published)
+    md = paths["md"].read_text()
+    row = next(line for line in md.splitlines() if "70.4" in line)
+    assert "CE, LDAM-DRW paper (published)" in row

@@ -1,20 +1,23 @@
-"""Method families: a plain dict maps each name to its module.
+"""Method families: a plain dict maps each name to the module that implements it.
 
 A method module exposes ``NOTEBOOK`` (the notebook ``ltr run`` executes for it) and
 ``run(cfg, data=None) -> results dict`` (what the notebook and ``python -m ltr_core.train`` call).
+Modules are imported on first use, so a family's optional dependencies (open_clip, ...) load only
+when that family runs. Register a new family with one line in :data:`METHODS`.
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
-from . import erm
-
-METHODS: dict[str, ModuleType] = {"erm": erm}
+METHODS: dict[str, str] = {
+    "erm": "ltr_core.methods.erm",
+}
 
 
 def get_method(name: str) -> ModuleType:
     """The module of method ``name``; a clear error lists the valid names."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {sorted(METHODS)}")
-    return METHODS[name]
+    return importlib.import_module(METHODS[name])

@@ -1,0 +1,61 @@
+"""Frozen parts computed once: features of a frozen backbone cached as safetensors.
+
+Where a backbone is frozen and its input deterministic (evaluation transform, no augmentation),
+its features are a pure function of (weights, split, transform). :func:`cached_features` stores
+them in ``<dir>/features/<name>-<key>.safetensors`` (``key`` = sha256 of a description of exactly
+those inputs), so re-training a classifier on them (cRT/LWS "cached" variants, τ-norm, NCM,
+zero-shot CLIP, linear probes, text-feature init) takes seconds on the second run.
+Cached features skip train-time augmentation: results computed from them are a labelled variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .results import to_jsonable
+
+
+def feature_key(description: Mapping[str, Any]) -> str:
+    """sha256 (16 hex chars) of a JSON description (model identity, split, transform, ...)."""
+    text = json.dumps(to_jsonable(dict(description)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 (16 hex chars) over a module's state dict (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def cached_features(directory: str | os.PathLike, name: str, description: Mapping[str, Any],
+                    compute: Callable[[], Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Load ``<directory>/features/<name>-<key>.safetensors`` or ``compute()`` and store it atomically.
+
+    ``compute`` returns named CPU tensors (e.g. {"features": [N, D], "labels": [N]}); the description
+    is stored beside them in ``<...>.json`` so a cache file says what it holds.
+    """
+    folder = Path(directory) / "features"
+    key = feature_key(description)
+    path = folder / f"{name}-{key}.safetensors"
+    if path.is_file():
+        return dict(load_file(str(path)))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in compute().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    (folder / f"{name}-{key}.json").write_text(json.dumps(to_jsonable(dict(description)), indent=1, sort_keys=True))
+    return tensors
