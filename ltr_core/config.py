@@ -62,7 +62,9 @@ class DataSection:
     image_size: int = 0  # network input size; 0: dataset default
     augment: bool = True  # train-time augmentation (crop with padding + flip on small images)
     crop_padding: int = 4  # zero padding before the random crop on the small-image path
-    sampler: str = "instance"  # instance | class_balanced | sqrt
+    augment_mode: str = "crop_pad"  # small-image path: crop_pad (pad + crop + flip) | rrc (RandomResizedCrop + flip)
+    rrc_scale_min: float = 0.08  # rrc: smallest crop area fraction (torchvision's scale=(0.08, 1))
+    sampler: str = "instance"  # instance | class_balanced | sqrt | class_aware (4 per class visit) | progressive
     num_workers: int = 2  # DataLoader workers on the file path (the small-image path needs none)
     download: bool = False  # let torchvision download CIFAR where a network exists
     cache_dir: str = "data/cache"  # decoded uint8 caches of small-image datasets
@@ -218,7 +220,7 @@ SECTIONS: dict[str, type] = {**CORE_SECTIONS, **FAMILY_SECTIONS}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "lt_profile": ("exp", "step"),
-    "sampler": ("instance", "class_balanced", "sqrt", "progressive"),
+    "sampler": ("instance", "class_balanced", "sqrt", "progressive", "class_aware"),
     "head": ("linear", "cosine"),
     "channels_last": ("auto", "on", "off"),
     "optimizer": ("sgd", "adamw"),
@@ -226,6 +228,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "bf16", "fp32"),
     "eval_split": ("test", "val"),
     "clip_interpolation": ("bicubic", "bilinear"),
+    "augment_mode": ("crop_pad", "rrc"),
 }
 
 # Keys that name where or how a run executes, not what it computes: left out of the config hash,

@@ -65,7 +65,7 @@ def published_frame(entries: list[dict[str, Any]] | None) -> pd.DataFrame | None
     rows = []
     for e in entries:
         row = {"dataset": e.get("dataset", ""), "method": e.get("method", e.get("row", "")), "name": e.get("name", "")}
-        row.update({m: e.get(m, np.nan) for m in TABLE_METRICS})
+        row.update({m: e.get(m, np.nan) for m in sorted(set(TABLE_METRICS) | set(e) - {"dataset", "method", "row", "name"})})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -82,8 +82,28 @@ def per_class_matrix(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarra
     return {k: np.asarray(v, dtype=float) for k, v in curves.items()}, counts
 
 
+REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir")
+
+
+def build_suite_report(suite, results_root: str | Path, figures_dir: str | Path | None = None) -> dict:
+    """:func:`build_report` with the options of a suite file's ``report:`` block.
+
+    Valid options: ``title``, ``published`` (list of rows: dataset, method, metric values),
+    ``metrics`` (table columns, default many, medium, few, top1, ece; e.g. add f_measure or use
+    map, map_head, map_medium, map_tail), ``figures_dir``. An unknown option is an error naming them.
+    """
+    opts = dict(suite.report or {})
+    unknown = sorted(set(opts) - set(REPORT_OPTIONS))
+    if unknown:
+        raise ValueError(f"{suite.path}: unknown report options {unknown}; valid: {', '.join(REPORT_OPTIONS)}")
+    figures_dir = figures_dir or opts.get("figures_dir") or f"figures/{suite.name}"
+    return build_report(suite.name, results_root, figures_dir, title=opts.get("title", ""),
+                        published=opts.get("published"), metrics=tuple(opts.get("metrics") or TABLE_METRICS))
+
+
 def build_report(suite_name: str, results_root: str | Path, figures_dir: str | Path, *,
-                 title: str = "", published: list[dict] | None = None, many: int = 100, few: int = 20) -> dict:
+                 title: str = "", published: list[dict] | None = None, many: int = 100, few: int = 20,
+                 metrics: tuple[str, ...] = TABLE_METRICS) -> dict:
     """Write the suite's tables and figures; returns {"runs": DataFrame, "summary": DataFrame, "files": [...]}."""
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -95,8 +115,8 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     files: list[Path] = []
     files.append(atomic_write_text(figures_dir / "runs.csv", df.drop(columns=["path"]).to_csv(index=False)))
     by = ("dataset", "method", "name")
-    numeric = summary_numeric(df, by, TABLE_METRICS)
-    shown = summary_table(df, by, TABLE_METRICS)
+    numeric = summary_numeric(df, by, metrics)
+    shown = summary_table(df, by, metrics)
     caption = title or f"{suite_name}: top-1 accuracy (%) by shot group, mean ± std over seeds"
     caption += f"; many > {many}, medium {few}–{many}, few < {few} training images; ECE (%) 15 bins."
     files += write_tables(shown, numeric, figures_dir, "summary", caption, f"tab:{suite_name}",
@@ -109,4 +129,4 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
         fig = plots.plot_per_class_vs_count(curves, counts, many=many, few=few)
         files += plots.save(fig, figures_dir, f"per_class_{dataset}")
         plt.close("all")
-    return {"runs": df, "summary": shown, "files": files}
+    return {"runs": df, "summary": shown, "files": files, "files_dir": figures_dir}

@@ -90,7 +90,8 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
     train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
                                sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
                                augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=False,
-                               epochs=cfg.train.epochs)
+                               epochs=cfg.train.epochs, augment_mode=cfg.data.augment_mode,
+                               rrc_scale_min=cfg.data.rrc_scale_min)
     eval_loader = make_loader(data, cfg.data.eval_split, train=False, batch_size=cfg.train.eval_batch_size,
                               device=device, num_workers=cfg.data.num_workers)
     channels_last = engine.use_channels_last(model, cfg.model.channels_last, device)

@@ -127,3 +127,43 @@ def test_images_per_second_helper():
     x = images(512)
     L = loader(x, sampler=build_sampler("instance", torch.arange(512) % 10, seed=0), batch_size=128)
     assert loader_images_per_second(L, 6) > 1000  # wraps around the 4-batch epoch
+
+
+def test_random_resized_crop_full_box_is_identity_and_flip_mirrors():
+    from ltr_core.data.device_loader import random_resized_crop_flip
+
+    x = torch.rand(4, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    same = random_resized_crop_flip(x, 8, g, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    assert torch.allclose(same, x, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    out = random_resized_crop_flip(x, 8, g, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
+    for o, xi in zip(out, x):  # every image is either itself or its mirror image
+        assert torch.allclose(o, xi, atol=1e-5) or torch.allclose(o, xi.flip(-1), atol=1e-5)
+
+
+def test_random_resized_crop_zooms_into_a_sub_box():
+    from ltr_core.data.device_loader import random_resized_crop_flip
+
+    # a horizontal ramp: a crop of area a < 1 spans less than the full range of values
+    ramp = torch.linspace(0, 1, 32).expand(2, 3, 32, 32).contiguous()
+    g = torch.Generator().manual_seed(1)
+    out = random_resized_crop_flip(ramp, 64, g, scale=(0.25, 0.25), ratio=(1.0, 1.0), flip=False)
+    assert out.shape == (2, 3, 64, 64)
+    span = out[:, 0, 0, -1] - out[:, 0, 0, 0]
+    assert torch.all((span > 0.4) & (span < 0.6))  # side sqrt(0.25) = 1/2 of the image
+
+
+def test_loader_rrc_mode_output_size_and_determinism():
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(20) % 4
+    from ltr_core.data.samplers import build_sampler
+
+    def batches():
+        loader = DeviceTensorLoader(images, labels, batch_size=8, device="cpu", train=True,
+                                    sampler=build_sampler("instance", labels, seed=0), mean=(0.5,) * 3,
+                                    std=(0.5,) * 3, image_size=16, augment_mode="rrc")
+        return [x for x, _ in loader]
+
+    a, b = batches(), batches()
+    assert a[0].shape == (8, 3, 16, 16) and all(torch.equal(u, v) for u, v in zip(a, b))

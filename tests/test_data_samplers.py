@@ -16,7 +16,7 @@ def freqs(sampler, epoch=0):
 
 
 def test_names():
-    assert SAMPLERS == ("instance", "class_balanced", "sqrt", "progressive")
+    assert SAMPLERS == ("instance", "class_balanced", "sqrt", "progressive", "class_aware")
     with pytest.raises(DataError, match="unknown sampler 'balanced'"):
         build_sampler("balanced", LABELS, seed=0)
 
@@ -123,3 +123,20 @@ def test_make_loader_passes_epochs_to_the_progressive_sampler():
     assert loader.sampler.epochs == 3 and len(loader) == 3
     loader.set_epoch(1)
     assert sum(int(y.numel()) for _, y in loader) == 12
+
+
+def test_class_aware_takes_runs_of_four_from_a_shuffled_class_cycle():
+    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 0 + [3] * 3)
+    s = build_sampler("class_aware", labels, seed=3)
+    idx = s.indices(0)
+    assert len(idx) == len(labels) == 60
+    runs = labels[idx].view(-1, 4)
+    assert (runs == runs[:, :1]).all()  # each visit: 4 images of one class
+    visits = runs[:, 0].tolist()
+    for k in range(0, 15 - 2, 3):  # every block of C=3 visits is a permutation of the non-empty classes
+        assert sorted(visits[k:k + 3]) == [0, 1, 3]
+    # a class's images come from its own reshuffled cycle: all 3 images of class 3 before any repeats
+    c3 = idx[labels[idx] == 3].tolist()
+    assert sorted(c3[:3]) == [57, 58, 59]
+    assert torch.equal(idx, build_sampler("class_aware", labels, seed=3).indices(0))
+    assert not torch.equal(idx, s.indices(1))

@@ -11,6 +11,13 @@ never waits on CPU workers or PIL. Per batch, on the device and vectorised (no p
 3. bilinear resize to ``image_size`` when it differs from the stored size (normalising first is
    exact: bilinear weights sum to 1).
 
+With ``augment_mode="rrc"`` step 1 is instead a RandomResizedCrop + flip straight to ``image_size``
+(the ImageNet recipe that CLIP/ViT methods use on upsampled CIFAR, e.g. PEL/LIFT 32 -> 224):
+area fraction a ~ U(scale), aspect ratio r with log r ~ U(log ratio), box (w, h) = (sqrt(a r), sqrt(a / r))
+of the image side (each clipped to 1: torchvision's rejection loop falls back to a centre crop
+instead), centre uniform over the positions that keep the box inside the image, sampled bilinearly
+with one ``affine_grid`` / ``grid_sample`` for the whole batch.
+
 The order (sampler) and the augmentation (a device ``torch.Generator``) are seeded from
 (seed, epoch), so an epoch is reproducible and a resumed run sees the same batches.
 """
@@ -44,13 +51,36 @@ def crop_flip(images: torch.Tensor, idx: torch.Tensor, oy: torch.Tensor, ox: tor
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+AUGMENT_MODES = ("crop_pad", "rrc")
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.08, 1.0),
+                             ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) + horizontal flip of a float batch [B, C, H, W] (see module doc)."""
+    b, dev = x.shape[0], x.device
+    area = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = log_r.exp()
+    w = (area * r).sqrt().clamp(max=1.0)
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen, device=dev) * (1 - w) + w / 2) * 2 - 1  # box centre in [-1, 1]
+    cy = (torch.rand(b, generator=gen, device=dev) * (1 - h) + h / 2) * 2 - 1
+    sign = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class DeviceTensorLoader:
     """Batches (x float32 normalised [B, C, S, S], y int64 [B]) from a uint8 tensor kept on ``device``."""
 
     def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device,
                  train: bool, sampler: EpochSampler | None, mean, std, image_size: int,
                  crop_padding: int = 4, flip: bool = True, augment: bool = True,
-                 drop_last: bool = False, seed: int = 0) -> None:
+                 drop_last: bool = False, seed: int = 0, augment_mode: str = "crop_pad",
+                 rrc_scale: tuple[float, float] = (0.08, 1.0)) -> None:
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
             raise DataError(f"DeviceTensorLoader needs uint8 [N, C, H, W] images, got "
                             f"{images_uint8.dtype} {tuple(images_uint8.shape)}")
@@ -59,6 +89,9 @@ class DeviceTensorLoader:
             raise DataError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if augment_mode not in AUGMENT_MODES:
+            raise DataError(f"augment_mode must be one of {AUGMENT_MODES}, got {augment_mode!r}")
+        self.augment_mode, self.rrc_scale = augment_mode, tuple(rrc_scale)
         self.device = torch.device(device)
         self.images = images_uint8.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
@@ -89,6 +122,9 @@ class DeviceTensorLoader:
         return self.sampler.indices(self.epoch).to(self.device)
 
     def _batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if gen is not None and self.augment_mode == "rrc":
+            x = self.images.index_select(0, idx).float().mul_(self.scale).add_(self.shift)
+            return random_resized_crop_flip(x, self.image_size, gen, scale=self.rrc_scale, flip=self.flip)
         if gen is None:
             x = self.images.index_select(0, idx)
         else:

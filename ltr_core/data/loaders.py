@@ -66,17 +66,21 @@ class FileLoader:
 
 def make_loader(data: LTData, split: str, *, train: bool, batch_size: int, device, sampler: str = "instance",
                 seed: int = 0, num_workers: int = 2, augment: bool = True, crop_padding: int = 4,
-                drop_last: bool = False, epochs: int | None = None):
+                drop_last: bool = False, epochs: int | None = None, augment_mode: str = "crop_pad",
+                rrc_scale_min: float = 0.08):
     """A loader over ``data.split(split)``: train -> sampler order + augmentation; eval -> sequential, none.
 
     ``epochs`` (the run's total epochs) is required by the ``progressive`` sampler and ignored otherwise.
+    ``augment_mode`` (small-image path): ``crop_pad`` (pad + random crop + flip) or ``rrc``
+    (RandomResizedCrop with scale (rrc_scale_min, 1) + flip, straight to the input size).
     """
     part = data.split(split)
     epoch_sampler = build_sampler(sampler, part.labels, seed=seed, epochs=epochs) if train else None
     if part.images is not None:
         return DeviceTensorLoader(part.images, part.labels, batch_size=batch_size, device=device, train=train,
                                   sampler=epoch_sampler, mean=data.mean, std=data.std, image_size=data.image_size,
-                                  crop_padding=crop_padding, augment=augment, drop_last=drop_last, seed=seed)
+                                  crop_padding=crop_padding, augment=augment, drop_last=drop_last, seed=seed,
+                                  augment_mode=augment_mode, rrc_scale=(rrc_scale_min, 1.0))
     if part.paths is None:
         raise DataError(f"split {split!r} of {data.name} holds neither images nor paths; rebuild it with build_data")
     make = train_transform if train and augment else eval_transform

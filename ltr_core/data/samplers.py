@@ -11,6 +11,12 @@ the order an uninterrupted run would have seen.
   N draws per epoch by default. (classifier-balancing's own class-aware sampler instead cycles a
   shuffled class list taking 4 images per visit; its marginal class distribution is the same
   uniform one.)
+* class-aware sampling as in classifier-balancing and OLTR (Shen et al. 2016; Kang et al. 2020):
+  cycle a shuffled list of the non-empty classes; each visit of class c takes the next
+  ``per_class`` (4) indices of c's own cycle (its indices reshuffled whenever exhausted); N draws
+  per epoch, i.e. the original trainer's truncation to about N/B steps. The cycles restart every
+  epoch (the original's iterators carry over between epochs) so an epoch is a pure function of
+  (seed, e).
 * progressive-balanced sampling (Kang et al., ICLR 2020, §3): at epoch e of E,
   p_c(e) = (1 - e/E) * n_c/N + (e/E) * 1/C (instance-balanced -> class-balanced, e/E clipped to
   [0, 1], C the non-empty classes), then an instance of c uniformly, with replacement; needs E.
@@ -24,7 +30,7 @@ from torch.utils.data import Sampler
 
 from .base import DataError
 
-SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive")
+SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive", "class_aware")
 SEED_STRIDE = 1_000_003
 
 
@@ -128,15 +134,49 @@ class ProgressiveSampler(_ClassDrawSampler):
         return (1.0 - t) * self.instance_probs + t * self.uniform_probs
 
 
+def _cycle(n: int, length: int, g: torch.Generator) -> torch.Tensor:
+    """``length`` entries of concatenated random permutations of range(n)."""
+    reps = -(-length // n)
+    return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:length]
+
+
+class ClassAwareSampler(EpochSampler):
+    """classifier-balancing's class-aware sampler: shuffled class cycle, ``per_class`` images per visit."""
+
+    def __init__(self, labels, *, seed: int, per_class: int = 4, num_samples: int | None = None) -> None:
+        super().__init__(labels, seed=seed, num_samples=num_samples)
+        if (self.labels < 0).any():
+            raise DataError("class-aware sampling needs labels >= 0 (an open-set split has label -1)")
+        if per_class < 1:
+            raise DataError(f"class-aware sampling needs per_class >= 1, got {per_class}")
+        self.per_class = int(per_class)
+        self.members = [torch.nonzero(self.labels == c).flatten() for c in range(int(self.labels.max()) + 1)]
+        self.classes = torch.tensor([c for c, m in enumerate(self.members) if m.numel()], dtype=torch.int64)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        visits = -(-self.num_samples // self.per_class)
+        order = self.classes[_cycle(self.classes.numel(), visits, g)]  # class of each visit
+        out = torch.empty(visits, self.per_class, dtype=torch.int64)
+        for c in order.unique().tolist():
+            slots = torch.nonzero(order == c).flatten()
+            members = self.members[c]
+            out[slots] = members[_cycle(members.numel(), slots.numel() * self.per_class, g)].view(-1, self.per_class)
+        return out.reshape(-1)[: self.num_samples]
+
+
 def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = None,
                   epochs: int | None = None) -> EpochSampler:
-    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2) | progressive (needs ``epochs``)."""
+    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2) | class_aware (4 per class visit) |
+    progressive (needs ``epochs``)."""
     if name == "instance":
         return InstanceSampler(labels, seed=seed, num_samples=num_samples)
     if name == "class_balanced":
         return ClassPowerSampler(labels, seed=seed, power=0.0, num_samples=num_samples)
     if name == "sqrt":
         return ClassPowerSampler(labels, seed=seed, power=0.5, num_samples=num_samples)
+    if name == "class_aware":
+        return ClassAwareSampler(labels, seed=seed, num_samples=num_samples)
     if name == "progressive":
         if epochs is None:
             raise DataError("sampler 'progressive' needs the total number of epochs: pass epochs=cfg.train.epochs "
