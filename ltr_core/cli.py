@@ -1,9 +1,14 @@
 """The ``ltr`` command: ``run``, ``suite``, ``report`` and ``bench``.
 
-    ltr run PARAMS.yaml [--set key=value ...] [--seed N] [--data-root DIR] [--force] [--no-notebook]
+    ltr run PARAMS.yaml [--set key=value ...] [--seed N] [--data-root DIR] [--force] [--no-notebook] [--nproc N]
     ltr suite SUITE.yaml [--set key=value ...] [--data-root DIR] [--no-report]
+                         [--executor local|submitit-local|slurm] [--partition P] [--timeout-min M] ...
     ltr report SUITE.yaml
-    ltr bench [--model resnet32] [--image-size 32] [--batch-size 128] [--steps 20] [--device auto]
+    ltr bench [--models resnet32,resnet50,...|all] [--image-size S] [--batch-size B] [--steps N] [--out figures/perf/]
+    ltr bench --loaders [--out figures/perf/]
+
+``--nproc N`` runs one run data-parallel on N processes through torchrun in a subprocess
+(ltr_core.launch); ``--executor slurm`` submits one job per run through submitit (ltr_core.sweep).
 
 Runs go through papermill (``notebooks/<family>.ipynb``, executed copy in the run directory);
 ``--no-notebook`` runs the same code path in-process, like ``python -m ltr_core.train``.
@@ -48,12 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default=None, help="group the run under results/<suite>/ (default: interactive)")
     p.add_argument("--force", action="store_true", help="re-run; the old run directory is moved aside, not deleted")
     p.add_argument("--no-notebook", action="store_true", help="run in-process instead of through papermill")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes (GPUs) for this run: torchrun DDP in a subprocess (= dist_nproc)")
     _common(p)
 
     p = sub.add_parser("suite", help="run every run x seed of a suite, then its report")
     p.add_argument("suite")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-notebook", action="store_true", help="runs in-process (the report still uses its notebook)")
+    p.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
+                   help="local: one run after another here (default); slurm: one submitit job per run (job arrays); "
+                        "submitit-local: the same jobs as local processes")
+    p.add_argument("--jobs-folder", default="", help="submitit folder (default logs/submitit/<suite>)")
+    p.add_argument("--partition", default="", help="SLURM partition")
+    p.add_argument("--timeout-min", type=int, default=240, help="time limit of one job in minutes")
+    p.add_argument("--array-parallelism", type=int, default=16, help="jobs of an array running at once")
+    p.add_argument("--cpus-per-task", type=int, default=8)
+    p.add_argument("--mem-gb", type=int, default=0)
+    p.add_argument("--slurm", dest="slurm_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="another submitit slurm_* parameter, e.g. constraint=h100 or account=abc (repeatable)")
     _common(p)
 
     p = sub.add_parser("report", help="tables and figures of a suite from its results")
@@ -61,15 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root", default=None)
 
     p = sub.add_parser("bench", help="images/s of the full training step vs the model step alone")
-    p.add_argument("--model", default="resnet32")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--model", default="resnet32", help="one model (kept for compatibility; see --models)")
+    p.add_argument("--models", default="", help="comma-separated rows: resnet32, any timm name, clip_peft:<open_clip "
+                                                "name>, each optionally @SIZE; 'all' = resnet32, resnet50, "
+                                                "vit_base_patch16_224, clip_peft:ViT-B-16")
+    p.add_argument("--image-size", type=int, default=0, help="input size of every row; 0: 32 for resnet32, 224 otherwise")
+    p.add_argument("--no-peer", action="store_true", help="skip the timm peer loop")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models (ours and the peer)")
+    p.add_argument("--loaders", action="store_true", help="measure the large-image input paths (PIL vs uint8 cache) "
+                                                          "on generated JPEGs instead of models")
+    p.add_argument("--n-images", type=int, default=512, help="--loaders: generated JPEGs")
+    p.add_argument("--num-workers", type=int, default=0, help="--loaders: PIL DataLoader workers; 0: all cores")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=0, help="0: 10 for resnet32, 1000 (ImageNet-LT) otherwise")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    p.add_argument("--out", default=None, help="also write the table as JSON here")
+    p.add_argument("--out", default=None, help="a folder (e.g. figures/perf/): bench.md, bench.csv, bench.png/.pdf; "
+                                               "a path ending in .json: the rows as JSON")
     return parser
 
 
@@ -82,14 +110,25 @@ def main(argv: list[str] | None = None) -> int:
             ov = _overrides(args)
             if args.suite:
                 ov["suite"] = args.suite
+            if args.nproc is not None:
+                ov["dist_nproc"] = args.nproc
             if not args.no_notebook:
                 runner.ensure_kernel()
             outcome = runner.run_params(args.params, ov, force=args.force, use_notebook=not args.no_notebook)
             return 1 if outcome.status == "failed" else 0
         if args.command == "suite":
             runner.ensure_kernel()
-            outcomes = runner.run_suite(args.suite, _overrides(args), report=not args.no_report,
-                                        use_notebook=not args.no_notebook)
+            if args.executor != "local":
+                from .sweep import ClusterOptions, run_suite_cluster
+
+                options = ClusterOptions(folder=args.jobs_folder, partition=args.partition, timeout_min=args.timeout_min,
+                                         array_parallelism=args.array_parallelism, cpus_per_task=args.cpus_per_task,
+                                         mem_gb=args.mem_gb, slurm=parse_overrides(args.slurm_params))
+                outcomes = run_suite_cluster(args.suite, _overrides(args), executor=args.executor, options=options,
+                                             report=not args.no_report, use_notebook=not args.no_notebook)
+            else:
+                outcomes = runner.run_suite(args.suite, _overrides(args), report=not args.no_report,
+                                            use_notebook=not args.no_notebook)
             return 1 if any(o.status == "failed" for o in outcomes) else 0
         if args.command == "report":
             runner.ensure_kernel()

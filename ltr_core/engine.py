@@ -14,7 +14,9 @@
   :class:`NonFiniteLossError` and leaves the last good checkpoint in place;
 * the running loss is accumulated on the device and read every ``NAN_CHECK_EVERY`` steps, so the
   inner loop does not wait on the host;
-* one log line per epoch (tqdm bars only when ``interactive``), ``metrics.jsonl`` and TensorBoard.
+* one log line per epoch (tqdm bars only when ``interactive``), ``metrics.jsonl`` and TensorBoard;
+* fused SGD/AdamW when the parameters are on CUDA; under torchrun (:mod:`ltr_core.dist`) the model runs
+  wrapped in DDP (SyncBatchNorm on CUDA), ``predict`` gathers the ranks' shards, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import dist as _dist
 from .config import RunConfig, config_hash
 from .models import is_cnn
 from .results import RunDir, atomic_write_text
@@ -120,11 +123,22 @@ def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    fused = _fused_kwargs(params)
     if optim_cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov, weight_decay=optim_cfg.weight_decay)
+                               nesterov=optim_cfg.nesterov, weight_decay=optim_cfg.weight_decay, **fused)
     return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=(optim_cfg.adam_beta1, optim_cfg.adam_beta2),
-                             weight_decay=optim_cfg.weight_decay)
+                             weight_decay=optim_cfg.weight_decay, **fused)
+
+
+def _fused_kwargs(params) -> dict:
+    """``fused=True`` (one kernel for the whole update) when every trainable tensor is a floating CUDA
+    tensor, i.e. the model was moved to the GPU before the optimizer was built (``fit`` does); else the
+    default (foreach) implementation. The lr stays a Python float: only the model is compiled, never
+    the optimizer, so the per-step lr change cannot trigger recompiles (pytorch#121857)."""
+    tensors = [p for g in params for p in g["params"]] if isinstance(params[0], dict) else params
+    ok = all(p.is_cuda and p.is_floating_point() for p in tensors)
+    return {"fused": True} if ok else {}
 
 
 def use_channels_last(model: nn.Module, setting: str, device: torch.device) -> bool:
@@ -222,7 +236,10 @@ def predict(model: nn.Module, loader, device: torch.device, precision: str = "au
             logits.append(fn(x).float())
         labels.append(y)
     model.train(was_training)
-    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+    out, lab = torch.cat(logits), torch.cat(labels)
+    if getattr(loader, "shard", None):  # a DDP rank shard (make_loader): gather all ranks, original order
+        out, lab = _dist.gather_strided(out, lab.to(out.device))
+    return out.cpu(), lab.cpu()
 
 
 @dataclass
@@ -250,8 +267,13 @@ def _progress(loader, enabled: bool, epoch: int):
 
 def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoch: int, device: torch.device,
                     channels_last: bool, forward: Callable | None = None,
-                    batch_transform: Callable | None = None) -> tuple[float, int]:
+                    batch_transform: Callable | None = None,
+                    lr_schedule: Callable[[int, float], float] | None = None) -> tuple[float, int]:
     """One pass over ``loader``; returns (mean loss, images seen). Raises NonFiniteLossError.
+
+    ``lr_schedule(epoch, frac) -> factor`` replaces :func:`lr_factor` (default) as the multiplier of
+    each group's peak lr at the step ending ``frac`` into ``epoch`` (e.g. epoch-wise cosine stepped
+    before the epoch, as classifier-balancing's stage 2 does).
 
     ``batch_transform(x, y) -> (x, t)`` runs on the device before the forward pass (mixup/cutmix with
     soft targets t [B, C], RandAugment on the device, ...); the loss is ``criterion(forward(x), t)``.
@@ -269,7 +291,8 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
     for i, (x, y) in enumerate(_progress(loader, cfg.run.interactive, epoch)):
         if i >= steps:
             break
-        factor = lr_factor(epoch, (i + 1) / steps, cfg.optim, cfg.train.epochs)
+        factor = (lr_schedule(epoch, (i + 1) / steps) if lr_schedule is not None
+                  else lr_factor(epoch, (i + 1) / steps, cfg.optim, cfg.train.epochs))
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor
         if batch_transform is not None:
@@ -286,8 +309,11 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         images += x.shape[0]
-        if (i + 1) % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+        if (i + 1) % NAN_CHECK_EVERY == 0 and not _dist.all_finite(loss_sum):  # all ranks stop together
             raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {i + 1}")
+    if _dist.is_distributed():  # DDP: loss and images over all ranks (one all-reduce per epoch)
+        loss_sum = _dist.all_reduce_sum(loss_sum)
+        images = int(_dist.all_reduce_sum(torch.tensor(images, device=device)).item())
     mean_loss = (loss_sum / max(images, 1)).item()
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"loss became non-finite during epoch {epoch}")
@@ -296,22 +322,28 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
 
 def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig, run_dir: RunDir,
         device: torch.device, evaluate: Callable[[int], dict] | None = None,
-        optimizer: torch.optim.Optimizer | None = None, batch_transform: Callable | None = None) -> FitResult:
+        optimizer: torch.optim.Optimizer | None = None, batch_transform: Callable | None = None,
+        lr_schedule: Callable[[int, float], float] | None = None) -> FitResult:
     """Train for ``cfg.train.epochs`` epochs, checkpointing each epoch and resuming if a checkpoint exists.
 
     ``evaluate(epoch)`` returns scalar metrics to log (called every ``eval_every`` epochs and after the
     last one). ``optimizer`` replaces the default one (param groups, frozen parts); ``batch_transform``
-    see :func:`train_one_epoch`. Everything the loss keeps as state must live in ``model`` (it is what
-    the checkpoint saves). The model is left with the final weights.
+    and ``lr_schedule`` see :func:`train_one_epoch`. Everything the loss keeps as state must live in
+    ``model`` (it is what the checkpoint saves). The model is left with the final weights.
     """
     channels_last = use_channels_last(model, cfg.model.channels_last, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # DDP (ltr_core.dist; identity for one process): SyncBatchNorm on CUDA, then the DDP wrapper is what
+    # runs forward/backward (gradient all-reduce); ``model`` stays the plain module that is saved
+    _dist.convert_sync_bn(model, device, cfg.dist.dist_sync_bn)
     optimizer = optimizer or build_optimizer(model.parameters(), cfg.optim)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    forward = torch.compile(model) if cfg.train.compile else model
+    forward = _dist.wrap_model(model, device, find_unused=cfg.dist.dist_find_unused)
+    forward = torch.compile(forward) if cfg.train.compile else forward
+    main = _dist.is_main()  # only rank 0 writes metrics, TensorBoard and checkpoints
     ckpt = Checkpoint(run_dir)
     result = FitResult()
     chash = config_hash(cfg)
@@ -327,12 +359,13 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
         start_epoch = state["epoch"] + 1
         result.train_seconds, result.images = state["train_seconds"], state["images"]
         result.resumed_from = state["epoch"]
-        run_dir.truncate_metrics(state["epoch"])
-        print(f"resuming {run_dir.path} after epoch {state['epoch']}", flush=True)
-    logger = EpochLogger(run_dir, cfg.run.tensorboard)
+        if main:
+            run_dir.truncate_metrics(state["epoch"])
+            print(f"resuming {run_dir.path} after epoch {state['epoch']}", flush=True)
+    logger = EpochLogger(run_dir, cfg.run.tensorboard and main)
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            torch.manual_seed(epoch_seed(cfg.run.seed, epoch))
+            torch.manual_seed(_dist.rank_seed(epoch_seed(cfg.run.seed, epoch)))
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
             if hasattr(criterion, "set_epoch"):
@@ -341,7 +374,7 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
             try:
                 loss, images = train_one_epoch(model, criterion, train_loader, optimizer, cfg=cfg, epoch=epoch,
                                                device=device, channels_last=channels_last, forward=forward,
-                                               batch_transform=batch_transform)
+                                               batch_transform=batch_transform, lr_schedule=lr_schedule)
             except NonFiniteLossError as err:
                 last = state["epoch"] if state else None
                 where = f"the checkpoint of epoch {last} in {ckpt.dir}" if last is not None else "no checkpoint yet"
@@ -349,6 +382,7 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
                     f"{err}; training stopped, kept {where}. Lower lr, add warm-up or grad_clip, "
                     f"or check the data, then run again to resume"
                 ) from None
+            _dist.sync_buffers(model)  # DDP: rank 0's BN statistics for evaluation and the checkpoint
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
@@ -359,10 +393,12 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
             last_epoch = epoch == cfg.train.epochs - 1
             if evaluate is not None and (last_epoch or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0)):
                 record.update(evaluate(epoch))
-            logger.log(record)  # before the checkpoint: a resume truncates records past its epoch
+            if main:
+                logger.log(record)  # before the checkpoint: a resume truncates records past its epoch
             state = {"epoch": epoch, "config_hash": chash, "train_seconds": result.train_seconds,
                      "images": result.images}
-            ckpt.save(model, optimizer, state)
+            if main:
+                ckpt.save(model, optimizer, state)
             result.history.append(record)
             result.epochs_run += 1
     finally:

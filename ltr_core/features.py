@@ -36,7 +36,7 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()[:16]
 
 
@@ -54,8 +54,47 @@ def cached_features(directory: str | os.PathLike, name: str, description: Mappin
         return dict(load_file(str(path)))
     tensors = {k: v.detach().contiguous().cpu() for k, v in compute().items()}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".safetensors.tmp")
+    tmp = path.with_suffix(f".safetensors.{os.getpid()}.tmp")  # unique: DDP ranks may write the same cache
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
     (folder / f"{name}-{key}.json").write_text(json.dumps(to_jsonable(dict(description)), indent=1, sort_keys=True))
     return tensors
+
+
+class FeatureLoader:
+    """Batches of cached features in the order of an epoch sampler: ``(features[idx], labels[idx])`` on ``device``.
+
+    The loader interface of :func:`ltr_core.data.make_loader` (``set_epoch``, ``__len__`` in batches),
+    so ``engine.fit`` trains a classifier on cached features like on images. ``sampler`` is an
+    :class:`~ltr_core.data.samplers.EpochSampler` (order of epoch e a pure function of (seed, e));
+    None iterates in the stored order (evaluation).
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device="cpu",
+                 sampler=None) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"FeatureLoader: {features.shape[0]} feature rows for {labels.shape[0]} labels")
+        self.device = torch.device(device)
+        self.features = features.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = int(batch_size)
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self) -> torch.Tensor:
+        if self.sampler is None:
+            return torch.arange(self.labels.shape[0])
+        return self.sampler.indices(self.epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else int(self.labels.shape[0])
+        return -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._order().to(self.device)
+        for start in range(0, order.numel(), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.features.index_select(0, idx), self.labels.index_select(0, idx)

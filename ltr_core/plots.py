@@ -31,6 +31,10 @@ PAGE_WIDTH = 6.75  # inches, two columns
 # Many blue, Medium green, Few orange, All black (classifier-balancing figures), colorblind-palette hues.
 GROUP_COLORS: dict[str, str] = {"many": "#0173B2", "medium": "#029E73", "few": "#DE8F05", "all": "#000000"}
 GROUP_LABELS: dict[str, str] = {"many": "Many", "medium": "Medium", "few": "Few", "top1": "All"}
+# multi-label suites (mAP by head / medium / tail, report metrics map*)
+GROUP_LABELS.update({"map_head": "Head", "map_medium": "Medium", "map_tail": "Tail", "map": "mAP"})
+GROUP_COLORS.update({"map_head": GROUP_COLORS["many"], "map_medium": GROUP_COLORS["medium"],
+                     "map_tail": GROUP_COLORS["few"], "map": GROUP_COLORS["all"]})
 BOUNDARY_STYLE = dict(color="0.3", linestyle="-.", linewidth=0.8)
 
 
@@ -201,6 +205,38 @@ def plot_shot_bars(df: pd.DataFrame, metrics: Sequence[str] = ("many", "medium",
     return fig
 
 
+def plot_reconstructions(original: Any, masked: Any, reconstruction: Any, pasted: Any | None = None,
+                         mask_ratio: float | None = None, max_images: int = 8) -> Figure:
+    """Masked-autoencoder reconstructions (He et al., CVPR 2022, Fig. 2 layout): one column per image,
+    rows original / masked input (masked patches grey) / reconstruction / reconstruction with the
+    visible patches pasted back. Images are [N, H, W, C] (or [N, C, H, W]) floats in [0, 1].
+    """
+    rows = [("original", original), (f"masked {100 * mask_ratio:.0f} %" if mask_ratio is not None else "masked", masked),
+            ("reconstruction", reconstruction)]
+    if pasted is not None:
+        rows.append(("reconstruction\n+ visible", pasted))
+    arrays = []
+    for _, imgs in rows:
+        a = _np(imgs).astype(np.float64)[:max_images]
+        if a.ndim == 4 and a.shape[1] in (1, 3) and a.shape[-1] not in (1, 3):
+            a = a.transpose(0, 2, 3, 1)
+        arrays.append(np.clip(a, 0.0, 1.0))
+    n = arrays[0].shape[0]
+    cell = PAGE_WIDTH / (max(n, 1) + 1.2)
+    fig, axes = plt.subplots(len(rows), max(n, 1), squeeze=False, figsize=(PAGE_WIDTH, cell * len(rows) + 0.1))
+    for r, ((label, _), a) in enumerate(zip(rows, arrays)):
+        for c in range(axes.shape[1]):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < a.shape[0]:
+                img = a[c][..., 0] if a.shape[-1] == 1 else a[c]
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize="small")
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     """Centered rolling mean (NaN ignored) for curves over thousands of classes."""
     return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
@@ -246,4 +282,113 @@ def plot_per_class_vs_count(per_class_acc: Mapping[str, Any], class_counts: Any,
     twin.grid(False)
     twin.spines["right"].set_visible(True)
     ax.legend(fontsize="small", loc="lower left")
+    return fig
+
+
+def plot_open_set_sweep(sweeps: Mapping[str, Mapping[str, Sequence[float]]], theta: float | None = 0.1) -> Figure:
+    """Open-set threshold sweep (methods.md §1.5): left, the F-measure against the max-softmax threshold
+    theta, post-fix (solid) and pre-fix (dashed); right, the closed-set accuracy under rejection
+    (rejected known samples count as wrong) and the % of open samples rejected (dotted), one colour per label.
+
+    Each value of ``sweeps`` is a ``metrics.open_set_sweep`` dict (theta, f_measure, f_measure_pre_fix,
+    closed_accuracy, open_rejection), e.g. ``results["metrics"]["f_measure_sweep"]``. A vertical
+    dash-dot line marks ``theta`` (the protocol's 0.1; None: no line).
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.4), sharex=True)
+    colors = sns.color_palette("colorblind", max(len(sweeps), 1))
+    for color, (label, sw) in zip(colors, sweeps.items()):
+        t = np.asarray(sw["theta"], dtype=float)
+        left.plot(t, np.asarray(sw["f_measure"], dtype=float), color=color, label=f"{label} (post-fix)")
+        left.plot(t, np.asarray(sw["f_measure_pre_fix"], dtype=float), color=color, linestyle="--",
+                  label=f"{label} (pre-fix)")
+        right.plot(t, np.asarray(sw["closed_accuracy"], dtype=float), color=color, label=f"{label}: known accuracy")
+        right.plot(t, np.asarray(sw["open_rejection"], dtype=float), color=color, linestyle=":",
+                   label=f"{label}: open rejected")
+    for ax in (left, right):
+        if theta is not None:
+            ax.axvline(theta, **BOUNDARY_STYLE)
+        ax.set_xlabel(r"threshold $\theta$ on max softmax")
+        ax.legend(fontsize="x-small")
+    left.set_ylabel("open-set F-measure (%)")
+    right.set_ylabel("%")
+    return fig
+
+
+def plot_alpha_sweep(sweep: Sequence[Mapping[str, Any]], alpha: float | None = None, *, ax=None,
+                     title: str = "") -> Figure:
+    """Accuracy of a two-branch mixture p = α p_visual + (1 − α) p_linguistic against α (VL-LTR's LGR head).
+
+    ``sweep``: rows {alpha, top1, many, medium, few} in %; one line per shot group (group colours) and
+    All (black); a dashed vertical line marks the α the run uses. α = 0 is the linguistic branch alone,
+    α = 1 the visual branch alone. Empty groups (NaN) are not drawn.
+    """
+    df = pd.DataFrame(list(sweep)).sort_values("alpha")
+    fig, ax = _new_ax(ax, COLUMN_WIDTH, 2.4)
+    for key, group in (("many", "many"), ("medium", "medium"), ("few", "few"), ("top1", "all")):
+        if key in df and df[key].notna().any():
+            ax.plot(df["alpha"], df[key], color=GROUP_COLORS[group], label=GROUP_LABELS[key],
+                    linewidth=1.6 if key == "top1" else 1.0, marker="o", markersize=2)
+    if alpha is not None:
+        ax.axvline(alpha, color="0.3", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(r"$\alpha$ (0: linguistic branch, 1: visual branch)")
+    ax.set_ylabel("accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize="small")
+    ax.legend(fontsize="small", ncols=2)
+    return fig
+
+
+POSTHOC_KNOBS: dict[str, str] = {
+    "tau_norm": r"$\tau$ of $\tau$-norm: $z_c = w_c^\top f / \|w_c\|^\tau$",
+    "posthoc_la": r"$\tau$ of post-hoc logit adjustment: $z - \tau \log \pi$",
+}
+
+
+def plot_posthoc_sweep(sweeps: Mapping[str, Any] | Sequence[Mapping[str, Any]], split: str = "test", *,
+                       chosen: float | None = None, knob: str = "", label: str = "", ax=None,
+                       title: str = "") -> Figure:
+    """Many / Medium / Few / All accuracy as a post-hoc knob τ varies (τ-norm, post-hoc logit adjustment;
+    the classifier-balancing ``tau_norm`` figure, conventions.md §7).
+
+    ``sweeps``: one ``tau_sweep`` record of a decouple run ({"tau": [...], <split>: {"many": [...], ...}})
+    or a list of them (seeds: the line is the mean, the band ± the std). Lines in the group colours
+    (Many blue, Medium green, Few orange, All black); empty groups (None/NaN) are not drawn; a dashed
+    vertical line marks the ``chosen`` τ (``label`` says how it was chosen, e.g. "oracle"). ``knob`` is
+    ``tau_norm`` or ``posthoc_la`` (x-axis label) or any text.
+    """
+    runs = [sweeps] if isinstance(sweeps, Mapping) else list(sweeps)
+    if not runs:
+        raise ValueError("plot_posthoc_sweep needs at least one sweep record")
+    taus = np.asarray(runs[0]["tau"], dtype=np.float64)
+    for r in runs:
+        if split not in r:
+            raise ValueError(f"sweep has no split {split!r}; it holds {[k for k in r if k != 'tau']}")
+        if not np.allclose(np.asarray(r["tau"], dtype=np.float64), taus):
+            raise ValueError("plot_posthoc_sweep: the sweeps use different tau grids")
+    fig, ax = _new_ax(ax, COLUMN_WIDTH, 2.4)
+    for key, group in (("many", "many"), ("medium", "medium"), ("few", "few"), ("top1", "all")):
+        values = np.asarray([[np.nan if v is None else v for v in r[split].get(key, [])] or [np.nan] * len(taus)
+                             for r in runs], dtype=np.float64)
+        if not np.isfinite(values).any():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0, ddof=1) if len(runs) > 1 else None
+        ax.plot(taus, mean, color=GROUP_COLORS[group], label=GROUP_LABELS[key],
+                linewidth=1.6 if key == "top1" else 1.0, marker="o", markersize=2)
+        if std is not None:
+            ax.fill_between(taus, mean - std, mean + std, color=GROUP_COLORS[group], alpha=0.15, linewidth=0)
+    if chosen is not None:
+        ax.axvline(chosen, color="0.3", linestyle="--", linewidth=0.8)
+        text = rf"$\tau$ = {chosen:g}" + (f" ({label})" if label else "")
+        ax.text(chosen, 0.02, " " + text, transform=transforms.blended_transform_factory(ax.transData, ax.transAxes),
+                ha="left", va="bottom", fontsize="x-small", color="0.3")
+    ax.set_xlim(taus.min(), taus.max())
+    ax.set_xlabel(POSTHOC_KNOBS.get(knob, knob or r"$\tau$"))
+    ax.set_ylabel(f"{split} accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize="small")
+    ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig

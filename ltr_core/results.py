@@ -56,8 +56,9 @@ DISPLAY_NAMES: dict[str, str] = {
     "worst_class": "Worst", "hmean": "H-mean", "gmean": "G-mean", "f_measure": "F",
     "map": "mAP", "map_head": "Head", "map_medium": "Medium", "map_tail": "Tail",
     "dataset": "Dataset", "method": "Method", "name": "Name", "n_seeds": "Seeds",
+    "no_tte_top1": "All (no TTE)", "pdc": "PDC",
 }
-LOWER_IS_BETTER = frozenset({"ece", "mce"})
+LOWER_IS_BETTER = frozenset({"ece", "mce", "pdc"})
 DASH = "–"  # printed for an empty group / missing number (never 0)
 
 
@@ -600,7 +601,7 @@ def write_tables(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, out_dir: st
     """``<name>.md`` / ``.tex`` / ``.csv`` of a summary (conventions.md §6).
 
     Columns Many | Medium | Few | All (see :data:`DISPLAY_NAMES`); best value per column in bold
-    (``\\bfseries`` in LaTeX, ``**`` in Markdown; lowest for ECE/MCE; ties all bold), computed over every
+    (``\\bfseries`` in LaTeX, ``**`` in Markdown; lowest for :data:`LOWER_IS_BETTER`; ties all bold), computed over every
     row shown; "–" for empty groups. ``published`` (label columns such as ``method`` plus numeric metric
     columns) adds rows marked "(published)" below ours, after a ``\\midrule``. Label columns that are
     constant over our rows are left out of the .md/.tex (state them in the caption). The CSV holds the

@@ -49,7 +49,8 @@ KERNEL = "python3"
 
 # Overrides that say where/how a run executes; they do not change the run's name.
 _PLACEMENT_KEYS = {"suite", "results_root", "run_dir", "figures_dir", "device", "interactive", "data_root",
-                   "split_dir", "num_workers", "download", "cache_dir", "seed", "tensorboard"}
+                   "split_dir", "num_workers", "download", "cache_dir", "seed", "tensorboard",
+                   "dist_nproc", "dist_backend", "dist_sync_bn", "dist_find_unused", "vlltr_text_root"}
 
 
 class RunFailed(RuntimeError):
@@ -173,7 +174,11 @@ def run_params(params_path: str | Path, overrides: dict[str, Any] | None = None,
     t0 = time.perf_counter()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if use_notebook:
+        if cfg.dist.dist_nproc > 1:  # torchrun DDP in a subprocess (ltr_core.launch); no notebook copy
+            from .launch import launch_resolved
+
+            launch_resolved(params, log_path=run_dir / "stdout.log", echo=False)
+        elif use_notebook:
             execute_notebook(method.NOTEBOOK, run_dir / "notebook.ipynb", params, log_path=run_dir / "stdout.log")
         else:
             method.run(cfg)

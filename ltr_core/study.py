@@ -7,6 +7,7 @@ runs, resuming of interrupted ones and the ``results.json`` schema live in one p
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from . import engine, metrics
+from . import dist, engine, metrics
 from .config import RunConfig, config_hash, to_flat
 from .data import LTData, build_data, make_loader
-from .results import RunDir, versions
+from .results import RunDir, atomic_write_bytes, versions
 
 BuildFn = Callable[[RunConfig, LTData], tuple[nn.Module, nn.Module]]
 
@@ -38,8 +39,54 @@ class Evaluation:
 
 def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: RunConfig) -> dict:
     """The protocol's metrics (top-1, per-class, many/medium/few, ECE, ...) of a set of logits."""
-    return metrics.evaluate(logits.numpy(), labels.numpy(), data.class_counts,
+    return metrics.evaluate(logits.numpy(), labels.numpy(), shot_group_counts(data, cfg),
                             many=cfg.data.shot_many, few=cfg.data.shot_few)
+
+
+def shot_group_counts(data: LTData, cfg: RunConfig) -> np.ndarray:
+    """The counts that define the shot groups: the training counts n_c, or with ``split_from_ir`` > 0
+    the counts of the same profile at that IR (PEL/LIFT take CIFAR-100-LT groups from IR 100 for every IR)."""
+    ir = cfg.data.split_from_ir
+    if not ir:
+        return data.class_counts
+    from .data import DataError, lt_counts
+
+    n_max = data.provenance.get("n_max")
+    if not n_max:
+        raise DataError(f"split_from_ir={ir} needs a dataset built from a long-tail profile (CIFAR-LT, digits-LT); "
+                        f"{data.name} has fixed split lists: set split_from_ir to 0")
+    profile = data.provenance.get("lt_profile", cfg.data.lt_profile)
+    return np.asarray(lt_counts(int(n_max), data.num_classes, float(ir), profile), dtype=np.int64)
+
+
+def predict_split(cfg: RunConfig, data: LTData, model: nn.Module, device: torch.device, split: str, *,
+                  channels_last: bool = False, fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (default: logits) and labels of ``model`` over ``data.split(split)`` (eval transform, in order)."""
+    loader = make_loader(data, split, train=False, batch_size=cfg.train.eval_batch_size, device=device,
+                         num_workers=cfg.data.num_workers)
+    return engine.predict(model, loader, device, cfg.train.precision, channels_last, fn=fn)
+
+
+def add_open_set_metrics(cfg: RunConfig, data: LTData, ev: Evaluation, open_logits: torch.Tensor,
+                         run_dir: RunDir | None = None) -> dict:
+    """Add the open-set metrics (methods.md §1.5, :func:`ltr_core.metrics.open_set_metrics`: f_measure
+    post- and pre-fix at theta = open_theta (0.1), open-set many/medium/few after thresholding, the theta sweep) of the
+    evaluated known samples ``ev`` plus ``open_logits`` to ``ev.metrics`` (closed-set numbers untouched).
+
+    Every method family calls it when ``data.open`` exists (run_supervised does); with
+    ``cfg.run.save_logits`` the open logits go to ``<run_dir>/logits_open.npz``.
+    """
+    m = metrics.open_set_metrics(ev.logits.numpy(), ev.labels.numpy(), open_logits.numpy(),
+                                 shot_group_counts(data, cfg), theta=cfg.data.open_theta, many=cfg.data.shot_many,
+                                 few=cfg.data.shot_few)
+    m["open_known_split"] = cfg.data.eval_split
+    ev.metrics.update(m)
+    if run_dir is not None and cfg.run.save_logits:
+        buf = io.BytesIO()
+        np.savez(buf, logits=open_logits.numpy().astype(np.float32), labels=np.full(len(open_logits), -1, np.int64),
+                 split=np.array("open"))
+        atomic_write_bytes(Path(run_dir.path) / "logits_open.npz", buf.getvalue())
+    return m
 
 
 class RunDirConflict(RuntimeError):
@@ -57,7 +104,8 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[RunDir, str]:
             f"give this run another name, or re-run with `ltr run --force` (moves the old directory aside)"
         )
     Path(run_dir.path).mkdir(parents=True, exist_ok=True)
-    run_dir.write_config(to_flat(cfg), chash, cfg.run_id)
+    if dist.is_main():  # DDP: rank 0 writes the run directory
+        run_dir.write_config(to_flat(cfg), chash, cfg.run_id)
     return run_dir, chash
 
 
@@ -68,12 +116,17 @@ def _log_scalars(m: dict) -> dict:
 
 def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None,
                    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   stage: str | None = None) -> dict:
+                   stage: str | None = None,
+                   make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+                   batch_transform: Callable | None = None, extra: dict | None = None) -> dict:
     """Train ``build(cfg, data)`` with the shared engine and write the complete run directory.
 
     A run directory that already holds a complete ``results.json`` for the same config hash is not
     re-run: its results are returned. An interrupted one resumes from its last checkpoint.
     ``stage`` marks an intermediate stage of a multi-stage run (see :mod:`ltr_core.stages`).
+    ``make_optimizer(model)`` replaces the default optimizer (param groups: layer-wise lr decay, no
+    weight decay on norms); ``batch_transform`` see :func:`ltr_core.engine.train_one_epoch`;
+    ``extra`` adds top-level keys to results.json (see :func:`write_run_results`).
     """
     existing = RunDir(cfg.run_path())
     chash = config_hash(cfg)
@@ -84,7 +137,8 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
     device = engine.resolve_device(cfg.run.device)
     engine.seed_everything(cfg.run.seed)
     data = data if data is not None else build_data(cfg.data)
-    run_dir.write_json("split_indices.json", data.provenance)
+    if dist.is_main():
+        run_dir.write_json("split_indices.json", data.provenance)
     engine.seed_everything(cfg.run.seed)
     model, criterion = build(cfg, data)
     train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
@@ -104,11 +158,16 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
         last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
         return _log_scalars(last[0].metrics)
 
-    fit = engine.fit(model, criterion, train_loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
+    optimizer = make_optimizer(model) if make_optimizer is not None else None
+    fit = engine.fit(model, criterion, train_loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
+                     optimizer=optimizer, batch_transform=batch_transform)
     final_epoch = cfg.train.epochs - 1
     if not last or last[0].epoch != final_epoch:
         evaluate(final_epoch)
-    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device, stage=stage)
+    if data.open is not None:  # open-set protocol (OLTR) for every method on a dataset with an open split
+        open_logits, _ = predict_split(cfg, data, model, device, "open", channels_last=channels_last)
+        add_open_set_metrics(cfg, data, last[0], postprocess(open_logits) if postprocess else open_logits, run_dir)
+    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device, stage=stage, extra=extra)
 
 
 def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData, model: nn.Module,
@@ -118,7 +177,10 @@ def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData,
 
     ``stage`` marks the results of an intermediate stage (left out of suite tables); ``extra`` adds
     method-specific top-level keys (e.g. the selected τ, trainable-parameter counts).
+    Under DDP only rank 0 writes; the other ranks get the metrics without touching files.
     """
+    if not dist.is_main():
+        return {"run_id": cfg.run_id, "config_hash": chash, "metrics": dict(ev.metrics), "status": "not written (rank > 0)"}
     path = Path(run_dir.path)
     tmp = path / "model.safetensors.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
@@ -148,6 +210,7 @@ def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData,
         "images_per_second": fit.images_per_second,
         "resumed_from_epoch": fit.resumed_from,
         "device": _device_name(device),
+        "processes": dist.world_size(),  # DDP ranks that trained the run (1: a single process)
         "versions": versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "complete",

@@ -1,7 +1,9 @@
 """Run one params file without Jupyter: ``python -m ltr_core.train PARAMS.yaml [--set key=value ...]``.
 
 This is the same code path the notebooks call (``ltr_core.methods.<family>.run``); it is what a bare
-GPU box with only torch/torchvision/timm runs, and what torchrun launches.
+GPU box with only torch/torchvision/timm runs, and what torchrun launches: under torchrun (or srun
+with one task per GPU) the process group is initialised from the environment (:mod:`ltr_core.dist`)
+and the run is data-parallel; only rank 0 writes the run directory and prints the summary line.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import sys
 
+from . import dist
 from .config import ConfigError, from_params, load_params, parse_overrides
 from .methods import get_method
 
@@ -27,8 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = get_method(cfg.run.method).run(cfg)
-    print(json.dumps({k: results["metrics"].get(k) for k in ("top1", "many", "medium", "few", "ece")}))
+    if cfg.dist.dist_nproc > 1 and dist.env_ranks().world_size == 1:  # not under torchrun yet: re-invoke through it
+        from .launch import run_distributed
+
+        results = run_distributed(params, cfg.dist.dist_nproc)
+        print(json.dumps({k: results["metrics"].get(k) for k in ("top1", "many", "medium", "few", "ece")}))
+        return 0
+    distributed = dist.init_from_env(cfg.run.device, cfg.dist.dist_backend)
+    try:
+        results = get_method(cfg.run.method).run(cfg)
+        main = dist.is_main()
+    finally:
+        if distributed:
+            dist.destroy()
+    if main:
+        print(json.dumps({k: results["metrics"].get(k) for k in ("top1", "many", "medium", "few", "ece")}))
     return 0
 
 

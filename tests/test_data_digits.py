@@ -99,7 +99,8 @@ def test_unknown_dataset_lists_all():
     for name in DATASETS:
         assert name in str(err.value)
     assert set(DATASETS) == {"digits_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt",
-                             "inat18", "image_list"}
+                             "inat18", "image_list", "cifar10_lt_open", "digits_lt_open", "voc_mlt", "coco_mlt",
+                             "mosaic_mlt", "mosaic_digits_mlt"}
 
 
 def test_resolve_data_root(monkeypatch):

@@ -16,6 +16,9 @@ from .cifar import build_cifar_lt
 from .digits import build_digits_lt
 from .image_list import build_inat18, build_list_dataset
 from .loaders import make_loader
+from .mosaic import build_mosaic_mlt
+from .multilabel import build_mlt
+from .open_set import DEFAULT_OPEN_CLASSES, build_cifar10_lt_open, build_digits_lt_open
 from .profiles import lt_counts, select_lt_indices, shot_groups
 from .samplers import SAMPLERS, build_sampler
 
@@ -31,6 +34,13 @@ DATASETS = {
     "places_lt": partial(build_list_dataset, name="places_lt"),
     "inat18": build_inat18,
     "image_list": partial(build_list_dataset, name="image_list"),
+    # multi-label (Split.targets; data/multilabel.py, data/mosaic.py)
+    "voc_mlt": partial(build_mlt, name="voc_mlt"),
+    "coco_mlt": partial(build_mlt, name="coco_mlt"),
+    "mosaic_mlt": partial(build_mosaic_mlt, source="cifar10_lt", name="mosaic_mlt"),
+    "mosaic_digits_mlt": partial(build_mosaic_mlt, source="digits_lt", name="mosaic_digits_mlt"),
+    "cifar10_lt_open": build_cifar10_lt_open,  # CIFAR-10-LT-open: held-out classes -> open set (data/open_set.py)
+    "digits_lt_open": build_digits_lt_open,
 }
 
 
@@ -43,4 +53,9 @@ def build_data(cfg) -> LTData:
     """Build the dataset named by ``cfg.dataset`` (a :class:`ltr_core.config.DataSection`)."""
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[cfg.dataset](cfg, resolve_data_root(cfg))
+    if getattr(cfg, "open_classes", ()) and cfg.dataset not in DEFAULT_OPEN_CLASSES:
+        raise DataError(f"open_classes={list(cfg.open_classes)} applies to the held-out-class open-set datasets "
+                        f"({', '.join(DEFAULT_OPEN_CLASSES)}), not to {cfg.dataset!r}; use one of them or drop open_classes")
+    data = DATASETS[cfg.dataset](cfg, resolve_data_root(cfg))
+    data.input_options = {k: getattr(cfg, k) for k in ("file_backend", "cache_size", "cache_dir") if hasattr(cfg, k)}
+    return data

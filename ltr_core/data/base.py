@@ -26,11 +26,18 @@ class DataError(Exception):
 
 @dataclass
 class Split:
-    """One split: int64 labels [N] plus either uint8 images [N, C, H, W] or N absolute paths."""
+    """One split: int64 labels [N] plus either uint8 images [N, C, H, W] or N absolute paths.
+
+    Multi-label splits (VOC-MLT, COCO-MLT, mosaic-MLT) also hold ``targets``, the multi-hot label
+    matrix uint8 [N, C] (1 where the image contains the class); their ``labels`` are then each image's
+    *rarest* label (the class with the fewest training images among its labels, -1 for an image
+    without labels), which stratifies splits and keeps single-label samplers usable.
+    """
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     paths: list[str] | None = None
+    targets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
@@ -44,6 +51,11 @@ class Split:
         if self.paths is not None and len(self.paths) != n:
             raise DataError(f"Split.paths has {len(self.paths)} entries for {n} labels; "
                             f"every image needs exactly one label")
+        if self.targets is not None:
+            self.targets = torch.as_tensor(self.targets).to(torch.uint8)
+            if self.targets.ndim != 2 or self.targets.shape[0] != n or bool((self.targets > 1).any()):
+                raise DataError(f"Split.targets must be a multi-hot 0/1 matrix [N, C] with N = {n} rows, got "
+                                f"{tuple(self.targets.shape)}; build it with torch.zeros(N, C) and set 1 per label")
 
     @property
     def n(self) -> int:
@@ -65,6 +77,7 @@ class LTData:
     val: Split | None = None
     open: Split | None = None
     provenance: dict = field(default_factory=dict)
+    input_options: dict = field(default_factory=dict)  # how file splits are read: file_backend, cache_size, cache_dir (build_data)
 
     @property
     def num_classes(self) -> int:
@@ -72,13 +85,26 @@ class LTData:
         return len(self.class_names)
 
     @property
+    def is_multilabel(self) -> bool:
+        """True when the splits carry multi-hot ``targets`` (n_c then counts images containing c)."""
+        return self.train.targets is not None
+
+    @property
     def class_counts(self) -> np.ndarray:
-        """n_c: training images per class (int64 [C]); drives priors, losses and shot groups."""
+        """n_c: training images per class (int64 [C]); drives priors, losses and shot groups.
+
+        Multi-label data: n_c = number of training images that contain class c."""
+        if self.train.targets is not None:
+            return self.train.targets.sum(0, dtype=torch.int64).numpy()
         return _bincount(self.train.labels, self.num_classes)
 
     @property
     def test_counts(self) -> np.ndarray:
-        """Test images per class (int64 [C]); open-set labels (-1) are not counted."""
+        """Test images per class (int64 [C]); open-set labels (-1) are not counted.
+
+        Multi-label data: test images that contain class c."""
+        if self.test.targets is not None:
+            return self.test.targets.sum(0, dtype=torch.int64).numpy()
         return _bincount(self.test.labels, self.num_classes)
 
     def split(self, name: str) -> Split:

@@ -183,3 +183,34 @@ def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = Non
                             "to build_sampler / make_loader")
         return ProgressiveSampler(labels, seed=seed, epochs=epochs, num_samples=num_samples)
     raise DataError(f"unknown sampler {name!r}; use one of {SAMPLERS}")
+
+
+class SequentialEpochSampler(EpochSampler):
+    """0, 1, ..., N-1 every epoch (evaluation order; what a rank shard of an eval split slices)."""
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        return torch.arange(self.num_samples, dtype=torch.int64) % self.labels.numel()
+
+
+class RankSlicedSampler(EpochSampler):
+    """Rank r of N keeps the strided slice ``base.indices(e)[r::N]`` of the shared epoch order (DDP).
+
+    Every rank computes the same order (a pure function of (seed, e)), so the N slices are disjoint,
+    their union is the single-process epoch, and with a per-rank batch of B/N the ranks' step-k
+    batches together are the single-process batch k. ``rank``/``world_size`` also give the global
+    position of local position p: r + N p (the file loader seeds each sample's augmentation with it).
+    """
+
+    def __init__(self, base: EpochSampler, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.base, self.rank, self.world_size = base, int(rank), int(world_size)
+        self.labels, self.seed, self.epoch = base.labels, base.seed, base.epoch
+        self.num_samples = len(range(self.rank, len(base), self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        return self.base.indices(self.epoch if epoch is None else epoch)[self.rank::self.world_size]

@@ -2,7 +2,8 @@
 
 train: RandomResizedCrop(S) -> RandomHorizontalFlip -> tensor in [0, 1] -> Normalize(mean, std)
 eval:  Resize(int(S / 0.875)) -> CenterCrop(S) -> tensor -> Normalize   (S = 224: Resize 256)
-Interpolation: bilinear (torchvision's default), recorded here so results state it.
+Interpolation: bilinear (torchvision's default) unless ``interpolation="bicubic"``; recorded so results state it.
+Test-time ensembling (PEL/LIFT): Resize(S + 24) -> FiveCrop(S) -> [5, 3, S, S] (:func:`five_crop_transform`).
 """
 
 from __future__ import annotations
@@ -15,17 +16,52 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATION = "bilinear"
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _mode(interpolation: str) -> v2.InterpolationMode:
+    """torchvision's InterpolationMode for ``bilinear`` / ``bicubic``."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    return v2.InterpolationMode(interpolation)
+
+
 def _to_normalised(mean, std) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    """RandomResizedCrop + horizontal flip + normalise (PIL image -> float32 [3, S, S])."""
-    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(),
+def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=(0.08, 1.0),
+                    interpolation: str = INTERPOLATION) -> v2.Compose:
+    """RandomResizedCrop(scale) + horizontal flip + normalise (PIL image -> float32 [3, S, S])."""
+    return v2.Compose([v2.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=_mode(interpolation),
+                                           antialias=True), v2.RandomHorizontalFlip(),
                        *_to_normalised(mean, std)])
 
 
-def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   interpolation: str = INTERPOLATION) -> v2.Compose:
     """Resize(int(S/0.875)) + CenterCrop(S) + normalise."""
-    return v2.Compose([v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size),
-                       *_to_normalised(mean, std)])
+    return v2.Compose([v2.Resize(int(image_size / 0.875), interpolation=_mode(interpolation), antialias=True),
+                       v2.CenterCrop(image_size), *_to_normalised(mean, std)])
+
+
+class FiveCropStack:
+    """Test-time ensembling views (PEL/LIFT, methods.md §5.1): Resize(S + expand) of the shorter side,
+    FiveCrop(S) (top-left, top-right, bottom-left, bottom-right, centre: torchvision's order), each
+    normalised -> float32 [5, 3, S, S]. Picklable, so it runs in DataLoader workers."""
+
+    def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, expand: int = 24,
+                 interpolation: str = INTERPOLATION) -> None:
+        self.size = int(image_size)
+        self.resize = v2.Resize(self.size + int(expand), interpolation=_mode(interpolation), antialias=True)
+        self.normalise = v2.Compose(_to_normalised(mean, std))
+
+    def __call__(self, image) -> torch.Tensor:
+        crops = v2.functional.five_crop(self.resize(image), [self.size, self.size])
+        return torch.stack([self.normalise(c) for c in crops])
+
+
+def five_crop_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, expand: int = 24,
+                        interpolation: str = INTERPOLATION) -> FiveCropStack:
+    """Resize(S + expand) + FiveCrop(S) + normalise: a PIL image -> float32 [5, 3, S, S]."""
+    return FiveCropStack(image_size, mean, std, expand, interpolation)

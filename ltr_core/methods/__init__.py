@@ -13,6 +13,13 @@ from types import ModuleType
 
 METHODS: dict[str, str] = {
     "erm": "ltr_core.methods.erm",
+    "tailclip": "ltr_core.methods.tailclip",
+    "oltr": "ltr_core.methods.oltr",
+    "pel": "ltr_core.methods.pel",
+    "zeroshot": "ltr_core.methods.pel",
+    "vlltr": "ltr_core.methods.vlltr",
+    "livt": "ltr_core.methods.livt",
+    "decouple": "ltr_core.methods.decouple",
 }
 
 

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .heads import HEADS, CosineHead, LinearHead, build_head
+from .resnet10 import resnet10
 from .resnet_cifar import CifarResNet, resnet32
 
-LOCAL_BACKBONES = {"resnet32": resnet32}
+LOCAL_BACKBONES = {"resnet32": resnet32, "resnet10": resnet10}  # resnet10: OLTR ImageNet-LT (BasicBlock [1,1,1,1])
 
 
 class ModelError(ValueError):

@@ -38,3 +38,29 @@ def build_head(name: str, in_features: int, num_classes: int, *, cosine_scale: f
 
 
 HEADS = ("linear", "cosine")
+
+
+def tau_normalized(weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """τ-norm (Kang et al., ICLR 2020): w̃_c = w_c / ‖w_c‖^τ (rows = classes); τ = 0 keeps W, τ = 1 unit rows.
+
+    The τ-normalised classifier drops the bias: z_c = w̃_c · f.
+    """
+    return weight / weight.norm(dim=1, keepdim=True).pow(tau)
+
+
+class LWSHead(nn.Module):
+    """Learnable weight scaling (Kang et al., ICLR 2020): z_c = g_c · (w_c · f + b_c).
+
+    ``base`` (the stage-1 classifier, weights and bias) is frozen; only the per-class scale g
+    (initialised to 1, so the head starts equal to ``base``) is trained.
+    """
+
+    def __init__(self, base: nn.Module, num_classes: int):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.scale = nn.Parameter(torch.ones(num_classes))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.base(f)
