@@ -109,6 +109,31 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[RunDir, str]:
     return run_dir, chash
 
 
+def completed_results(cfg: RunConfig) -> dict | None:
+    """results.json of a complete run of this exact config (the run is then skipped), else None."""
+    existing, chash = RunDir(cfg.run_path()), config_hash(cfg)
+    if existing.is_complete(chash):
+        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
+        return existing.read_results()
+    return None
+
+
+def begin_run(cfg: RunConfig, data: LTData | None = None,
+              load: Callable[[], LTData] | None = None) -> tuple[RunDir, str, torch.device, LTData]:
+    """Open the run directory (config.yaml), pick the device, build the data under the run's seed
+    (``data`` as given, else ``load()``, else ``build_data(cfg.data)``), record split_indices.json,
+    and re-seed so that model initialisation does not depend on how the data was built."""
+    run_dir, chash = prepare_run_dir(cfg)
+    device = engine.resolve_device(cfg.run.device)
+    engine.seed_everything(cfg.run.seed)
+    if data is None:
+        data = load() if load is not None else build_data(cfg.data)
+    if dist.is_main():
+        run_dir.write_json("split_indices.json", data.provenance)
+    engine.seed_everything(cfg.run.seed)
+    return run_dir, chash, device, data
+
+
 def _log_scalars(m: dict) -> dict:
     keys = ("top1", "mean_per_class", "many", "medium", "few", "ece")
     return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in keys}
@@ -128,18 +153,10 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
     weight decay on norms); ``batch_transform`` see :func:`ltr_core.engine.train_one_epoch`;
     ``extra`` adds top-level keys to results.json (see :func:`write_run_results`).
     """
-    existing = RunDir(cfg.run_path())
-    chash = config_hash(cfg)
-    if existing.is_complete(chash):
-        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
-        return existing.read_results()
-    run_dir, chash = prepare_run_dir(cfg)
-    device = engine.resolve_device(cfg.run.device)
-    engine.seed_everything(cfg.run.seed)
-    data = data if data is not None else build_data(cfg.data)
-    if dist.is_main():
-        run_dir.write_json("split_indices.json", data.provenance)
-    engine.seed_everything(cfg.run.seed)
+    done = completed_results(cfg)
+    if done is not None:
+        return done
+    run_dir, chash, device, data = begin_run(cfg, data)
     model, criterion = build(cfg, data)
     train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
                                sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,

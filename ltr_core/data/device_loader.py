@@ -73,7 +73,32 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, gen: torch.Generator, s
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class DeviceTensorLoader:
+def normaliser(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x = u8 * scale + shift = (u8 / 255 - mean) / std, shaped [1, C, 1, 1]."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
+class EpochBatches:
+    """Batch counting and epoch plumbing shared by the tensor loaders (``sampler``, ``labels``,
+    ``batch_size``, ``drop_last`` and ``epoch`` are set by the loader)."""
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler) if self.sampler is not None else int(self.labels.numel())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+
+class DeviceTensorLoader(EpochBatches):
     """Batches (x float32 normalised [B, C, S, S], y int64 [B]) from a uint8 tensor kept on ``device``."""
 
     def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device,
@@ -98,23 +123,7 @@ class DeviceTensorLoader:
         self.batch_size, self.train, self.sampler = int(batch_size), bool(train), sampler
         self.image_size, self.crop_padding, self.flip = int(image_size), int(crop_padding), bool(flip)
         self.augment, self.drop_last, self.seed, self.epoch = bool(augment), bool(drop_last), int(seed), 0
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)  # x = u8 * scale + shift = (u8/255 - mean) / std
-        self.shift = -mean_t / std_t
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.sampler) if self.sampler is not None else int(self.labels.numel())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
+        self.scale, self.shift = normaliser(mean, std, self.device)
 
     def _order(self) -> torch.Tensor:
         if self.sampler is None:

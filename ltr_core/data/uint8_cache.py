@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .base import DataError
-from .device_loader import random_resized_crop_flip
+from .device_loader import EpochBatches, normaliser, random_resized_crop_flip
 from .samplers import EpochSampler, epoch_generator
 
 CACHE_VERSION = 1
@@ -133,7 +133,7 @@ def load_or_build(paths: list[str], labels, *, size: int, cache_dir: str | os.Pa
     return torch.from_numpy(arr)
 
 
-class CachedImageLoader:
+class CachedImageLoader(EpochBatches):
     """Batches (x float32 normalised [B, 3, s, s], y) from a uint8 [N, 3, S, S] cache, augmented on the device.
 
     Same interface as :class:`~ltr_core.data.device_loader.DeviceTensorLoader`: ``set_epoch``,
@@ -162,23 +162,8 @@ class CachedImageLoader:
         self.batch_size, self.train, self.sampler = int(batch_size), bool(train), sampler
         self.image_size, self.augment, self.drop_last = int(image_size), bool(augment), bool(drop_last)
         self.seed, self.epoch, self.rrc_scale, self.flip = int(seed), 0, tuple(rrc_scale), bool(flip)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        self.scale, self.shift = normaliser(mean, std, self.device)
         self.eval_resize = default_cache_size(self.image_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.sampler) if self.sampler is not None else int(self.labels.numel())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] on the device: index on the device, or on the host + pinned async copy."""

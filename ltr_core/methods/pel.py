@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import engine
-from ..config import RunConfig, config_hash
-from ..data import LTData, build_data, make_loader
+from ..config import RunConfig
+from ..data import LTData, make_loader
 from ..data.base import DataError
 from ..data.device_loader import DeviceTensorLoader
 from ..data.image_list import ImageFileDataset
@@ -53,7 +54,7 @@ from ..models.clip import Clip, load_clip, text_classifier, visual_projection
 from ..models.heads import CosineHead
 from ..models.peft import apply_peft, count_parameters, peft_info
 from ..results import RunDir
-from ..study import Evaluation, add_open_set_metrics, evaluate_logits, prepare_run_dir, write_run_results
+from ..study import Evaluation, add_open_set_metrics, begin_run, completed_results, evaluate_logits, write_run_results
 from ..tte import ViewLoader, average_views, stack_views
 
 NOTEBOOK = "pel.ipynb"
@@ -317,17 +318,10 @@ def _open_set(cfg: RunConfig, clip: Clip, data: LTData, ev: Evaluation, head: nn
 
 def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """Train (pel) or just evaluate (zeroshot); write the run directory; returns the results.json dict."""
-    existing = RunDir(cfg.run_path())
-    chash = config_hash(cfg)
-    if existing.is_complete(chash):
-        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
-        return existing.read_results()
-    run_dir, chash = prepare_run_dir(cfg)
-    device = engine.resolve_device(cfg.run.device)
-    engine.seed_everything(cfg.run.seed)
-    data = data if data is not None else build_data(cfg.data)
-    run_dir.write_json("split_indices.json", data.provenance)
-    engine.seed_everything(cfg.run.seed)
+    done = completed_results(cfg)
+    if done is not None:
+        return done
+    run_dir, chash, device, data = begin_run(cfg, data)
     clip = load_run_clip(cfg, device)
     clip.model.requires_grad_(False)
     data = clip_data(data, clip)
@@ -338,6 +332,16 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     if cfg.pel.pel_peft == "linear_probe" and cfg.pel.pel_cached_features:
         return run_cached_probe(cfg, clip, data, run_dir, chash, device)
     return run_finetune(cfg, clip, data, run_dir, chash, device)
+
+
+def _last_epoch_evaluation(cfg: RunConfig, last: list[Evaluation], evaluate: Callable[[int], dict]) -> Evaluation:
+    """The last epoch's evaluation (run now where ``eval_every`` skipped it), its summary kept as ``no_tte``
+    until a test-time-ensembling run replaces that with the plain view's numbers."""
+    if not last or last[0].epoch != cfg.train.epochs - 1:
+        evaluate(cfg.train.epochs - 1)
+    ev = last[0]
+    ev.metrics["no_tte"] = _summary(ev.metrics)
+    return ev
 
 
 def run_finetune(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chash: str, device) -> dict:
@@ -355,10 +359,7 @@ def run_finetune(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chas
         return _scalars(last[0].metrics)
 
     fit = engine.fit(model, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
-    if not last or last[0].epoch != cfg.train.epochs - 1:
-        evaluate(cfg.train.epochs - 1)
-    ev = last[0]
-    ev.metrics["no_tte"] = _summary(ev.metrics)
+    ev = _last_epoch_evaluation(cfg, last, evaluate)
     if cfg.pel.pel_tte:
         plain = eval_loader(cfg, data, cfg.data.eval_split, device, tte=False)
         logits, labels = engine.predict(model, plain, device, cfg.train.precision)
@@ -394,10 +395,7 @@ def run_cached_probe(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, 
         return _scalars(last[0].metrics)
 
     fit = engine.fit(head, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
-    if not last or last[0].epoch != cfg.train.epochs - 1:
-        evaluate(cfg.train.epochs - 1)
-    ev = last[0]
-    ev.metrics["no_tte"] = _summary(ev.metrics)
+    ev = _last_epoch_evaluation(cfg, last, evaluate)
     if cfg.pel.pel_tte:
         plain = views[False]
         ev.metrics["no_tte"] = _summary(evaluate_logits(head_logits(head, plain["features"], device),
