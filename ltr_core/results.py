@@ -55,6 +55,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "mean_per_class": "Class mean", "ece": "ECE", "mce": "MCE", "macro_f1": "Macro-F1",
     "worst_class": "Worst", "hmean": "H-mean", "gmean": "G-mean", "f_measure": "F",
     "map": "mAP", "map_head": "Head", "map_medium": "Medium", "map_tail": "Tail",
+    "map_softmax": "mAP (softmax)",
     "dataset": "Dataset", "method": "Method", "name": "Name", "n_seeds": "Seeds",
     "no_tte_top1": "All (no TTE)", "pdc": "PDC",
 }

@@ -104,10 +104,11 @@ def test_zeroshot_run_trains_nothing(runs):
 def test_multilabel_suite_report_has_map_columns_and_published_rows(runs, tmp_path):
     tmp, *_ = runs
     out = report.build_report("tc", tmp / "results", tmp_path / "figs", title="tiny", many=20, few=5,
-                              metrics=("map", "map_head", "map_medium", "map_tail"),
+                              metrics=("map", "map_head", "map_medium", "map_tail", "map_softmax"),
                               published=[{"dataset": "mosaic_digits_mlt", "method": "DB-Focal", "map": 50.0}])
     md = (tmp_path / "figs" / "summary.md").read_text()
     assert "| Head " in md and "| Tail " in md and "DB-Focal (published)" in md and "head >= 20" in md
+    assert "| mAP (softmax) " in md
     assert (tmp_path / "figs" / "shot_bars_mosaic_digits_mlt.png").is_file()
     assert len(out["summary"]) == 2
 

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import engine, metrics
-from ..config import RunConfig, config_hash
+from ..config import RunConfig
 from ..data import LTData, build_data
 from ..data.multilabel import carve_val_split, group_counts, make_multilabel_loader
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -47,7 +47,7 @@ from ..models.clip import load_clip
 from ..models.tailclip import TailCLIPNet, TailCLIPOutput
 from ..multilabel_losses import build_multilabel_loss, clip_contrastive_loss
 from ..results import RunDir, atomic_write_bytes, versions
-from ..study import _device_name, prepare_run_dir
+from ..study import _device_name, begin_run, completed_results
 
 NOTEBOOK = "tailclip.ipynb"
 SELECTION = "last epoch (no selection on test; TailCLIP / LMPT select checkpoints on the test split)"
@@ -223,17 +223,10 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
         raise ValueError("tailclip runs on one device (the original trains with batch 8 on one GPU); use dist_nproc=1")
     if cfg.data.eval_split == "val" and cfg.tailclip.tailclip_val_fraction <= 0:
         raise ValueError("eval_split=val needs a val split: set tailclip_val_fraction > 0")
-    existing = RunDir(cfg.run_path())
-    chash = config_hash(cfg)
-    if existing.is_complete(chash):
-        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
-        return existing.read_results()
-    run_dir, chash = prepare_run_dir(cfg)
-    device = engine.resolve_device(cfg.run.device)
-    engine.seed_everything(cfg.run.seed)
-    data = prepare_data(cfg, data)
-    run_dir.write_json("split_indices.json", data.provenance)
-    engine.seed_everything(cfg.run.seed)
+    done = completed_results(cfg)
+    if done is not None:
+        return done
+    run_dir, chash, device, data = begin_run(cfg, load=lambda: prepare_data(cfg, data))
     net, clip, params = build_network(cfg, data, device)
     eval_loader = loader(cfg, data, cfg.data.eval_split, train=False, device=device, clip=clip)
     fit = engine.FitResult()
