@@ -6,6 +6,7 @@
     ltr report SUITE.yaml
     ltr bench [--models resnet32,resnet50,...|all] [--image-size S] [--batch-size B] [--steps N] [--out figures/perf/]
     ltr bench --loaders [--out figures/perf/]
+    ltr bench --livt PARAMS.yaml [--set KEY=VALUE ...] [--steps N] [--out figures/perf/]
 
 ``--nproc N`` runs one run data-parallel on N processes through torchrun in a subprocess
 (ltr_core.launch); ``--executor slurm`` submits one job per run through submitit (ltr_core.sweep).
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the models (ours and the peer)")
     p.add_argument("--loaders", action="store_true", help="measure the large-image input paths (PIL vs uint8 cache) "
                                                           "on generated JPEGs instead of models")
+    p.add_argument("--livt", default="", metavar="PARAMS", help="images/s of LiVT's MGP and BFT stages for a LiVT "
+                                                                 "params file (batches from the file or --set) instead "
+                                                                 "of models; --out DIR writes livt_throughput.md/.csv")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--livt: override a parameter of the params file (repeatable), e.g. batch_size=64")
     p.add_argument("--n-images", type=int, default=512, help="--loaders: generated JPEGs")
     p.add_argument("--num-workers", type=int, default=0, help="--loaders: PIL DataLoader workers; 0: all cores")
     p.add_argument("--batch-size", type=int, default=128)

@@ -329,20 +329,35 @@ def test_livt_params_files_validate():
         runner.expand_runs(runner.load_suite(f"params/suites/{name}.yaml"))
 
 
-def test_throughput_probe_and_h100_bounds():
+def test_throughput_probe_and_h100_bounds(tmp_path):
     # performance.md §3: MAE ViT-B @224 (9.69 GMAC forward) 13,588 / 6,794 img/s at 100 / 50 % MFU;
     # ViT-B/16 @224 full fine-tuning (17.58 GMAC) 3,745 at 50 %
     assert livt.h100_bound(9.69e9, 1.0) == pytest.approx(13588, abs=1)
     assert livt.h100_bound(9.69e9, 0.5) == pytest.approx(6794, abs=1)
     assert livt.h100_bound(17.58e9, 0.5) == pytest.approx(3745, abs=1)
-    from ltr_core import data as D
+    import pandas as pd
 
-    cfg = config.from_params({**config.load_params(REPO / "params/smoke/digits_livt.yaml"), "batch_size": 16,
-                              "livt_mgp_batch_size": 16})
-    out = livt.stage_throughput(cfg, D.build_data(cfg.data), steps=1, warmup=1)
-    for stage in ("mgp", "bft"):
-        assert out[stage]["images_per_second"] > 0 and out[stage]["batch_size"] == 16
-        assert out[stage]["h100_bound_50"] == pytest.approx(out[stage]["h100_bound_100"] / 2)
+    from ltr_core import bench, cli
+
+    # `ltr bench --livt`: both stages through livt.stage_throughput, bounds from the forward MACs
+    out = tmp_path / "perf"
+    assert cli.main(["bench", "--livt", "params/smoke/digits_livt.yaml", "--set", "batch_size=16", "--set",
+                     "livt_mgp_batch_size=16", "--steps", "1", "--warmup", "1", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "livt_throughput.csv").to_dict("records")
+    assert [r["stage"] for r in rows] == ["MGP (MAE)", "BFT (ViT)"]
+    for r in rows:
+        assert r["images_per_second"] > 0 and r["images_per_cpu_second"] > 0 and r["batch_size"] == 16
+        assert r["h100_bound_50"] == pytest.approx(r["h100_bound_100"] / 2, rel=1e-5)
+        assert r["train_gflop_per_image"] == pytest.approx(6 * r["forward_gmacs_per_image"], rel=1e-5)
+        assert r["h100_bound_100"] == pytest.approx(790e12 / (r["train_gflop_per_image"] * 1e9), rel=1e-5)
+        assert r["fraction_of_bound"] == pytest.approx(
+            r["images_per_cpu_second"] * r["train_gflop_per_image"] / (r["peak_tflops"] * 1e3), rel=1e-4)
+    assert rows[0]["encoder_tokens"] == 1 + 4 and rows[1]["encoder_tokens"] == 1 + 16  # 16 patches, 75 % masked
+    md = (out / "livt_throughput.md").read_text()
+    assert "| MGP (MAE) | 16 | 4 | 5 | 16 |" in md and "Command: `ltr " in md
+    with pytest.raises(ValueError, match="method: livt"):
+        bench.bench_livt(REPO / "params/digits_lt/ce.yaml", steps=1, warmup=0, device="cpu")
     # the MAE forward is cheaper than the full ViT forward (encoder on a quarter of the patches)
     enc = build_vit("vit_base_patch16_224", image_size=224)
     from ltr_core.models.mae import mae_forward_macs, vit_forward_macs

@@ -363,7 +363,9 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
     """Training images/s of both stages on ``cfg.run.device`` with the real input path, optimizer and
     augmentation (MGP: MAE step on the loader's RRC batches; BFT: classifier step after RandAugment /
     erasing / mixup), ``steps`` timed steps after ``warmup`` untimed ones; no evaluation, nothing written.
-    Returns images/s, forward GMACs per image and the H100 bounds at 100 % and 50 % MFU."""
+    Returns images/s (wall clock; and per CPU-second of this process, which on a shared CPU with one
+    thread is the unloaded single-core rate), forward GMACs per image and the H100 bounds at 100 % and
+    50 % MFU."""
     device = engine.resolve_device(cfg.run.device)
     out: dict = {"device": str(device), "threads": torch.get_num_threads()}
     mcfg = mgp_config(cfg)
@@ -373,7 +375,7 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
         model.to(device).train()
         dtype = engine.autocast_dtype(precision_cfg.train.precision, device)
         it = iter(loader)
-        seen, t0 = 0, 0.0
+        seen, t0, c0 = 0, 0.0, 0.0
         for i in range(warmup + steps):
             try:
                 x, y = next(it)
@@ -383,7 +385,7 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
             if i == warmup:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
             if batch_transform is not None:
                 x, y = batch_transform(x, y)
             with engine.autocast(device, dtype):
@@ -395,7 +397,9 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
                 seen += x.shape[0]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return seen / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {"images_per_second": seen / wall, "images_per_cpu_second": seen / cpu if cpu > 0 else float("nan"),
+                "steps": steps, "images": seen}
 
     torch.manual_seed(cfg.run.seed)
     mae = build_mae(mcfg, mdata.image_size, in_channels(data))
@@ -406,7 +410,9 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
     macs = mae_forward_macs(mae.encoder, mcfg.livt.livt_decoder_width, mcfg.livt.livt_decoder_depth,
                             mcfg.livt.livt_mask_ratio)
     out["mgp"] = {"batch_size": mcfg.train.batch_size, "image_size": mdata.image_size,
-                  "images_per_second": timed(mae, MGPLoss(), loader, opt, None, mcfg),
+                  "patch_size": mae.patch_size, "tokens": 1 + int(round((1 - mae.mask_ratio) * mae.num_patches)),
+                  "params_m": sum(p.numel() for p in mae.parameters()) / 1e6,
+                  **timed(mae, MGPLoss(), loader, opt, None, mcfg),
                   "forward_gmacs_per_image": macs / 1e9, "h100_bound_100": h100_bound(macs, 1.0),
                   "h100_bound_50": h100_bound(macs, 0.5)}
     del mae, opt
@@ -419,8 +425,11 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
                          num_workers=cfg.data.num_workers)
     opt = engine.build_optimizer(bft_param_groups(model, cfg), cfg.optim)
     macs = vit_forward_macs(model.backbone)
+    pe = model.backbone.patch_embed
     out["bft"] = {"batch_size": cfg.train.batch_size, "image_size": data.image_size,
-                  "images_per_second": timed(model, criterion, loader, opt, augment, cfg),
+                  "patch_size": int(pe.patch_size[0]), "tokens": 1 + int(pe.num_patches),
+                  "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                  **timed(model, criterion, loader, opt, augment, cfg),
                   "forward_gmacs_per_image": macs / 1e9, "h100_bound_100": h100_bound(macs, 1.0),
                   "h100_bound_50": h100_bound(macs, 0.5)}
     return out
