@@ -172,7 +172,7 @@ class OLTRSection:
     oltr_feature_lr: float = 0.01  # stage-2 lr of backbone, attention and fc (ImageNet-LT 0.01, Places-LT 1e-4)
     oltr_centroid_lr: float = 0.01  # stage-2 lr of the centroid memory M (own SGD group, same schedule; paper 0.01)
     oltr_centroid_weight: float = 0.01  # weight of the discriminative centroid loss in CE + w * (L_att + 0.01 L_rep) (paper 0.01)
-    oltr_centroid_input: str = "direct"  # feature the centroid loss pulls: direct (f, original code) | meta (v_meta, paper Eq. 7)
+    oltr_centroid_input: str = "meta"  # feature the centroid loss pulls: meta (v_meta, paper Eq. 7) | direct (f, original code)
     oltr_centroid_grad_scaled: bool = False  # scale the centroid update by oltr_centroid_weight (False: original code, unscaled)
     oltr_reach_scale: float = 10.0  # reachability gamma = scale / min_c ||f - M_c|| (paper 10)
     oltr_attention: bool = True  # modulated attention on the last feature map (use_modulatedatt; ablation: False)

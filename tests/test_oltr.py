@@ -159,7 +159,7 @@ def test_repel_loss_and_total_against_the_formula():
     assert total.item() == pytest.approx(attract_loss(f, y, m).item() + 0.01 * rep.item(), rel=1e-6)
     logits = torch.randn(b, c)
     out = OLTROutput(logits, f, 2 * f, m)
-    assert OLTRLoss(0.01)(out, y).item() == pytest.approx(
+    assert OLTRLoss(0.01, "direct")(out, y).item() == pytest.approx(
         (F.cross_entropy(logits, y) + 0.01 * total).item(), rel=1e-6)
     meta = OLTRLoss(0.01, "meta")(out, y)
     assert meta.item() == pytest.approx(
@@ -210,7 +210,7 @@ def test_stage2_from_a_ce_run_loads_weights_and_class_means(ce_run, tmp_path):
     plain.eval()
     # stage 2 starts from stage 1: identity attention, so f is the stage-1 feature
     assert torch.allclose(model.features(x), plain.features(x), atol=1e-5)
-    assert isinstance(loss, OLTRLoss) and loss.weight == 0.01 and loss.centroid_input == "direct"
+    assert isinstance(loss, OLTRLoss) and loss.weight == 0.01 and loss.centroid_input == "meta"
     res = oltr_method.run(cfg, data=data)
     assert res["status"] == "complete" and res["stage1_run"] == str(ce_run.run_path())
     assert "f_measure" in res["metrics"] and res["stage1_metrics"]["top1"] == res1["metrics"]["top1"]

@@ -158,3 +158,18 @@ def test_erm_run_on_an_open_dataset_records_the_open_set_metrics(tmp_path):
     assert saved["metrics"]["f_measure"] == pytest.approx(m["f_measure"])
     closed = get_method("erm").run(from_params(tiny_params(tmp_path, epochs=1, max_steps_per_epoch=2)))
     assert "f_measure" not in closed["metrics"]  # no open split, no open-set numbers
+
+
+def test_vlltr_run_on_an_open_dataset_records_the_open_set_metrics(tmp_path):
+    from ltr_core.config import load_params
+
+    params = load_params("params/smoke/vlltr_tiny.yaml")
+    params.update(dataset="digits_lt_open", results_root=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"))
+    cfg = from_params(params)
+    m = get_method("vlltr").run(cfg)["metrics"]
+    assert m["open_samples"] == 40  # digits 8 and 9, digits_test_per_class = 20 each
+    z = np.load(cfg.run_path() / "logits.npz")
+    zo = np.load(cfg.run_path() / "logits_open.npz")
+    assert zo["logits"].shape == (40, 8)
+    assert m["f_measure"] == pytest.approx(metrics.open_set_f_measure(z["logits"], z["labels"], zo["logits"]))
+    assert len(m["f_measure_sweep"]["theta"]) == len(metrics.OPEN_THETAS)

@@ -51,7 +51,7 @@ from ..models import clip as clip_core
 from ..models.vlltr import (CVLP, ImageEncoder, LGRHead, LGRLoss, LGRModel, anss_losses, clamped_scale,
                             gather_anchors, mix_batch, mix_probabilities, select_anchors)
 from ..results import RunDir, to_jsonable
-from ..study import Evaluation, evaluate_logits, prepare_run_dir, write_run_results
+from ..study import Evaluation, add_open_set_metrics, evaluate_logits, prepare_run_dir, write_run_results
 
 NOTEBOOK = "vlltr.ipynb"
 ALPHA_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
@@ -548,6 +548,14 @@ def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anch
     sweep = alpha_sweep(z, labels, data.class_counts, many=cfg.data.shot_many, few=cfg.data.shot_few)
     np.savez_compressed(Path(run_dir.path) / "branch_logits.npz", visual=z[:, 0].numpy(), linguistic=z[:, 1].numpy(),
                         labels=labels.numpy())
+    if lt.open is not None:  # OLTR open-set protocol (every method): the alpha-mixed prediction on the open images
+        if online:
+            open_loader = clip_loader(cfg, data, "open", train=False, device=device, batch_size=cfg.train.eval_batch_size)
+        else:
+            op = image_features(cfg, lt, stage1, "open", device=device)
+            open_loader = FeatureLoader(op["features"], op["labels"], batch_size=cfg.train.eval_batch_size, device=device)
+        zo, _ = engine.predict(model, open_loader, device, cfg.train.precision, fn=model.branch_logits)
+        add_open_set_metrics(cfg, data, last[0], mix_probabilities(zo, v.vlltr_alpha).clamp(min=1e-12).log(), run_dir)
     extra = {
         "model": cfg.clip.clip_model,
         "vlltr": {
