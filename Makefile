@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	touch $(STAMP)
 
 study: $(STAMP)
-	$(VENV)/bin/ltr suite params/suites/quickstart.yaml
+	$(VENV)/bin/ltr suite params/suites/quickstart.yaml --workers 3
 
+# one BLAS/OpenMP thread per process: the tests use tiny models (and 2-process DDP), where more threads only contend
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 # CIFAR-10-LT CE, IR 100 and 10 (LDAM-DRW schedule); needs the data: LTR_DATA_ROOT=... make cifar10
 cifar10: $(STAMP)

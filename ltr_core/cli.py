@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-notebook", action="store_true", help="runs in-process (the report still uses its notebook)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local executor: runs at once on this machine (stage-2 runs wait for their stage 1); "
+                        "each gets cores // workers threads")
     p.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
                    help="local: one run after another here (default); slurm: one submitit job per run (job arrays); "
                         "submitit-local: the same jobs as local processes")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                              report=not args.no_report, use_notebook=not args.no_notebook)
             else:
                 outcomes = runner.run_suite(args.suite, _overrides(args), report=not args.no_report,
-                                            use_notebook=not args.no_notebook)
+                                            use_notebook=not args.no_notebook, workers=args.workers)
             return 1 if any(o.status == "failed" for o in outcomes) else 0
         if args.command == "report":
             runner.ensure_kernel()

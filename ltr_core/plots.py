@@ -19,7 +19,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import transforms
 from matplotlib.figure import Figure
 
@@ -38,8 +37,17 @@ GROUP_COLORS.update({"map_head": GROUP_COLORS["many"], "map_medium": GROUP_COLOR
 BOUNDARY_STYLE = dict(color="0.3", linestyle="-.", linewidth=0.8)
 
 
+def _palette(n: int) -> list:
+    """seaborn's colour-blind palette with ``n`` colours."""
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", n)
+
+
 def set_style() -> None:
     """seaborn paper/whitegrid/colorblind theme; TrueType (Type 42) fonts; tight 300-dpi saves; no usetex."""
+    import seaborn as sns  # imported on first use (it pulls in scipy.stats, ~1 s per notebook kernel)
+
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
     matplotlib.rcParams.update({
         "pdf.fonttype": 42,
@@ -185,7 +193,7 @@ def plot_shot_bars(df: pd.DataFrame, metrics: Sequence[str] = ("many", "medium",
     metrics = [m for m in metrics if m in df.columns]
     labels = _bar_labels(df)
     order = list(dict.fromkeys(labels))
-    colors = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    colors = dict(zip(order, _palette(len(order))))
     fig, ax = _new_ax(ax, COLUMN_WIDTH if len(order) <= 4 else PAGE_WIDTH, 2.2)
     width = 0.8 / max(len(order), 1)
     for j, label in enumerate(order):
@@ -258,7 +266,7 @@ def plot_per_class_vs_count(per_class_acc: Mapping[str, Any], class_counts: Any,
     window = window or max(n // 100, 1)
     fig, ax = _new_ax(ax, PAGE_WIDTH if n > 100 else COLUMN_WIDTH, 2.4)
     x = np.arange(n)
-    colors = sns.color_palette("colorblind", len(per_class_acc))
+    colors = _palette(len(per_class_acc))
     for color, (label, acc) in zip(colors, per_class_acc.items()):
         a = np.atleast_2d(_np(acc).astype(np.float64))[:, order]
         with warnings.catch_warnings():
@@ -295,7 +303,7 @@ def plot_open_set_sweep(sweeps: Mapping[str, Mapping[str, Sequence[float]]], the
     dash-dot line marks ``theta`` (the protocol's 0.1; None: no line).
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.4), sharex=True)
-    colors = sns.color_palette("colorblind", max(len(sweeps), 1))
+    colors = _palette(max(len(sweeps), 1))
     for color, (label, sw) in zip(colors, sweeps.items()):
         t = np.asarray(sw["theta"], dtype=float)
         left.plot(t, np.asarray(sw["f_measure"], dtype=float), color=color, label=f"{label} (post-fix)")

@@ -107,7 +107,8 @@ def build_suite_report(suite, results_root: str | Path, figures_dir: str | Path 
     map, map_head, map_medium, map_tail), ``figures_dir``, ``columns_by`` (a flat run parameter, e.g.
     ``imbalance_ratio``, whose values become column blocks: rows = methods, columns Many | Medium | Few |
     All per IR; published rows then carry that key) with ``row_labels`` ({run name without the IR token:
-    row label}, also the row order). An unknown option is an error naming them.
+    row label}, also the row order; without ``columns_by``: {run name: row label}). An unknown option is an
+    error naming them.
     """
     opts = dict(suite.report or {})
     unknown = sorted(set(opts) - set(REPORT_OPTIONS))
@@ -160,6 +161,8 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
         files += write_pivot_tables(pivots, figures_dir, "summary", caption, f"tab:{suite_name}")
         shown = pd.concat({d: p["shown"] for d, p in pivots.items()}, names=["dataset", None])
     else:
+        if row_labels:
+            shown, numeric = labelled_rows(shown, row_labels), labelled_rows(numeric, row_labels)
         files += write_tables(shown, numeric, figures_dir, "summary", caption, f"tab:{suite_name}",
                               published=published_frame(published)).values()
     plots.set_style()
@@ -182,6 +185,15 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
             files += plots.save(fig, figures_dir, f"posthoc_{dataset}_{run_name.replace(' ', '_')}")
         plt.close("all")
     return {"runs": df, "summary": shown, "files": files, "files_dir": figures_dir}
+
+
+def labelled_rows(table: pd.DataFrame, row_labels: dict[str, str]) -> pd.DataFrame:
+    """Rows whose run name is a key of ``row_labels`` first, in that order, named by its value; the others after."""
+    order = {name: i for i, name in enumerate(row_labels)}
+    rank = table["name"].map(lambda n: order.get(n, len(order)))
+    out = table.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable").drop(columns="_rank")
+    out["name"] = out["name"].map(lambda n: row_labels.get(n, n))
+    return out.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------

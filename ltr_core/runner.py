@@ -255,16 +255,69 @@ def run_profile(params_path: str, overrides: dict[str, Any]) -> RunOutcome:
                                   out_dir / "profile.json")
 
 
+def job_parents(jobs: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
+    """For each job, the index of the job of the list whose run its ``init_run`` names (by run id or run
+    directory), else None: that job must finish first."""
+    run_ids, inits = [], []
+    for path, ov in jobs:
+        _, cfg = resolve_params(path, ov)
+        run_ids.append(cfg.run_id)
+        inits.append(Path(cfg.run.init_run.format(seed=cfg.run.seed)).name if cfg.run.init_run else "")
+    index = {run_id: i for i, run_id in enumerate(run_ids)}
+    return [index.get(init) if init and index.get(init) != i else None for i, init in enumerate(inits)]
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the papermill kernels this worker starts
+
+
+def _run_parallel(jobs: list[tuple[str, dict[str, Any]]], workers: int, use_notebook: bool,
+                  profiles: list[tuple[str, dict[str, Any]]] = ()) -> list[RunOutcome]:
+    """Every job, at most ``workers`` at a time in spawned processes, each with cores // workers BLAS/OpenMP
+    threads unless OMP_NUM_THREADS is set. A job starts once the job it starts from has finished; ready
+    stage-2 jobs go first, then the others in the suite's order; ``profiles`` (dataset.ipynb) run
+    alongside. Outcomes come back in the order profiles, then jobs."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers))
+    tasks = [(run_profile, path, ov, {}) for path, ov in profiles]
+    tasks += [(run_params, path, ov, {"use_notebook": use_notebook}) for path, ov in jobs]
+    parents = [None] * len(profiles) + [None if p is None else p + len(profiles) for p in job_parents(jobs)]
+    waiting, running, outcomes = list(range(len(tasks))), {}, {}
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                initargs=(threads,)) as pool:
+        while waiting or running:
+            ready = [i for i in waiting if parents[i] is None or parents[i] in outcomes]
+            ready = ready or ([] if running else waiting[:1])  # a cycle of init_runs: run in order, it fails clearly
+            ready.sort(key=lambda i: (parents[i] is None, i))
+            for i in ready[:max(0, workers - len(running))]:
+                waiting.remove(i)
+                fn, path, ov, kwargs = tasks[i]
+                running[pool.submit(fn, path, ov, **kwargs)] = i
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                outcomes[running.pop(fut)] = fut.result()
+    return [outcomes[i] for i in range(len(tasks))]
+
+
 def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *, report: bool = True,
-              use_notebook: bool = True) -> list[RunOutcome]:
-    """Profiles, every run x seed (skipping complete ones), then the report notebook."""
+              use_notebook: bool = True, workers: int = 1) -> list[RunOutcome]:
+    """Profiles, every run x seed (skipping complete ones), then the report notebook.
+
+    ``workers`` > 1 runs independent runs concurrently on this machine (stage-2 runs after the runs
+    they start from); the default runs them one after another in the suite's order.
+    """
     suite = load_suite(suite_path)
     jobs = expand_runs(suite, overrides)
+    profiles = [(params_path, {**(overrides or {}), "suite": suite.name}) for params_path in suite.profiles]
     outcomes = []
-    for params_path in suite.profiles:
-        outcomes.append(run_profile(params_path, {**(overrides or {}), "suite": suite.name}))
-    for params_path, ov in jobs:
-        outcomes.append(run_params(params_path, ov, use_notebook=use_notebook))
+    if workers > 1:
+        outcomes.extend(_run_parallel(jobs, workers, use_notebook, profiles))
+    else:
+        outcomes.extend(run_profile(*profile) for profile in profiles)
+        for params_path, ov in jobs:
+            outcomes.append(run_params(params_path, ov, use_notebook=use_notebook))
     if report:
         outcomes.append(run_report(suite_path, overrides))
     failed = [o for o in outcomes if o.status == "failed"]

@@ -133,3 +133,27 @@ def test_notebooks_are_thin_parameterised_and_clean(path):
             assert not c.outputs and c.execution_count is None
             assert not any(line.lstrip().startswith(("def ", "class ")) for line in c.source.splitlines())
     assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_job_parents_link_stage2_runs_to_their_stage1_run_of_the_same_seed():
+    jobs = runner.expand_runs(runner.load_suite("params/suites/quickstart.yaml"))
+    names = [runner.resolve_params(p, o)[1].run_id for p, o in jobs]
+    parents = runner.job_parents(jobs)
+    for i, name in enumerate(names):
+        if "-decouple-crt-" in name:
+            assert names[parents[i]] == name.replace("-decouple-crt-", "-erm-ce-")
+        else:
+            assert parents[i] is None, name
+
+
+def test_parallel_suite_runs_stage2_after_its_stage1(tmp_path):
+    ov = {"results_root": str(tmp_path / "results"), "figures_dir": str(tmp_path / "figures"),
+          "cache_dir": str(tmp_path / "cache")}
+    outcomes = runner.run_suite("params/smoke/suite_stage2.yaml", ov, workers=2)
+    assert [o.status for o in outcomes] == ["complete"] * 4, [o.error for o in outcomes]
+    assert [o.run_id for o in outcomes][:3] == ["profile-digits_lt", "digits_lt-erm-digits_ce-s0",
+                                               "digits_lt-decouple-digits_tau_norm-s0"]
+    ce = tmp_path / "results" / "smoke_stage2" / "digits_lt-erm-digits_ce-s0" / "results.json"
+    tau = tmp_path / "results" / "smoke_stage2" / "digits_lt-decouple-digits_tau_norm-s0" / "config.yaml"
+    assert ce.stat().st_mtime <= tau.stat().st_mtime  # stage 2 opened its run directory after stage 1 finished
+    assert (tmp_path / "figures" / "summary.md").is_file()

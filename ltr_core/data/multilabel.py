@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from ..metrics import multilabel_groups
 from .base import DataError, LTData, Split
@@ -388,8 +387,10 @@ class MultiLabelFileDataset(ImageFileDataset):
 
 
 def squash_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, flip: bool,
-                     interpolation: str = "bilinear") -> v2.Compose:
+                     interpolation: str = "bilinear"):
     """TailCLIP's preprocessing: Resize((S, S)) (squash, no crop), optional horizontal flip, normalise."""
+    from torchvision.transforms import v2  # on first use: see ltr_core.data.transforms
+
     mode = v2.InterpolationMode(interpolation)
     steps = [v2.Resize((image_size, image_size), interpolation=mode, antialias=True)]
     if flip:

@@ -9,7 +9,15 @@ Test-time ensembling (PEL/LIFT): Resize(S + 24) -> FiveCrop(S) -> [5, 3, S, S] (
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
+
+# torchvision is imported on first use (it pulls in torch._dynamo, ~2 s): runs on the uint8 tensor path
+# (CIFAR, digits) never need it.
+
+
+def _v2():
+    from torchvision.transforms import v2
+
+    return v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,28 +27,31 @@ INTERPOLATION = "bilinear"
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-def _mode(interpolation: str) -> v2.InterpolationMode:
+def _mode(interpolation: str):
     """torchvision's InterpolationMode for ``bilinear`` / ``bicubic``."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-    return v2.InterpolationMode(interpolation)
+    return _v2().InterpolationMode(interpolation)
 
 
 def _to_normalised(mean, std) -> list:
+    v2 = _v2()
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
 def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=(0.08, 1.0),
-                    interpolation: str = INTERPOLATION) -> v2.Compose:
+                    interpolation: str = INTERPOLATION):
     """RandomResizedCrop(scale) + horizontal flip + normalise (PIL image -> float32 [3, S, S])."""
+    v2 = _v2()
     return v2.Compose([v2.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=_mode(interpolation),
                                            antialias=True), v2.RandomHorizontalFlip(),
                        *_to_normalised(mean, std)])
 
 
 def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                   interpolation: str = INTERPOLATION) -> v2.Compose:
+                   interpolation: str = INTERPOLATION):
     """Resize(int(S/0.875)) + CenterCrop(S) + normalise."""
+    v2 = _v2()
     return v2.Compose([v2.Resize(int(image_size / 0.875), interpolation=_mode(interpolation), antialias=True),
                        v2.CenterCrop(image_size), *_to_normalised(mean, std)])
 
@@ -52,12 +63,13 @@ class FiveCropStack:
 
     def __init__(self, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, expand: int = 24,
                  interpolation: str = INTERPOLATION) -> None:
+        v2 = _v2()
         self.size = int(image_size)
         self.resize = v2.Resize(self.size + int(expand), interpolation=_mode(interpolation), antialias=True)
         self.normalise = v2.Compose(_to_normalised(mean, std))
 
     def __call__(self, image) -> torch.Tensor:
-        crops = v2.functional.five_crop(self.resize(image), [self.size, self.size])
+        crops = _v2().functional.five_crop(self.resize(image), [self.size, self.size])
         return torch.stack([self.normalise(c) for c in crops])
 
 
