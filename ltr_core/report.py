@@ -14,6 +14,7 @@ the suite's figures folder (``figures/<suite>/`` by default):
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,10 @@ def open_set_sweeps(df: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
         if sweep:
             label = f"{row['method']}-{row['name']}" if df["name"].nunique() > 1 else str(row["method"])
             runs.setdefault(label, []).append(sweep)
-    return {label: {k: np.nanmean(np.asarray([s[k] for s in sw], dtype=float), axis=0).tolist() for k in sw[0]}
-            for label, sw in runs.items()}
+    with warnings.catch_warnings():  # a threshold where every seed is NaN (nothing accepted) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {label: {k: np.nanmean(np.asarray([s[k] for s in sw], dtype=float), axis=0).tolist() for k in sw[0]}
+                for label, sw in runs.items()}
 
 
 REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels")

@@ -279,9 +279,9 @@ def load_source(kind: str, path: Path, spec: CifarSpec, cache_dir: Path) -> tupl
 
 # ----------------------------------------------------------------------------- builder
 
-def build_cifar_lt(cfg, data_root: Path, name: str) -> LTData:
-    """CIFAR-10-LT / CIFAR-100-LT from a DataSection (``name`` is cifar10_lt or cifar100_lt)."""
-    spec = SPECS[name]
+def load_raw(cfg, data_root: Path, spec: CifarSpec) -> tuple[str, Path, dict, Path]:
+    """(source kind, source path, decoded uint8 arrays, cache path) of ``spec`` under ``data_root``,
+    downloading torchvision's files first when none is found and ``cfg.download`` is set."""
     data_root = Path(data_root)
     try:
         kind, path = find_source(data_root, spec)
@@ -291,6 +291,13 @@ def build_cifar_lt(cfg, data_root: Path, name: str) -> LTData:
         download_torchvision(data_root, spec)
         kind, path = find_source(data_root, spec)
     raw, cpath = load_source(kind, path, spec, Path(cfg.cache_dir))
+    return kind, path, raw, cpath
+
+
+def build_cifar_lt(cfg, data_root: Path, name: str) -> LTData:
+    """CIFAR-10-LT / CIFAR-100-LT from a DataSection (``name`` is cifar10_lt or cifar100_lt)."""
+    spec = SPECS[name]
+    kind, path, raw, cpath = load_raw(cfg, data_root, spec)
     class_names = list(raw["class_names"])
     if len(class_names) != spec.num_classes:
         raise DataError(f"{path} ({kind}) has {len(class_names)} classes, {spec.name} needs {spec.num_classes}; "

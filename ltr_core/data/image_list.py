@@ -278,4 +278,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(int(seed))
                     image = self.transform(image)
-        return image, int(self.labels[i])
+        return image, self.target(int(i))
+
+    def target(self, i: int):
+        """The label of image ``i`` (an int here; subclasses return other targets)."""
+        return int(self.labels[i])

@@ -373,17 +373,8 @@ class _InOrder(EpochSampler):
 class MultiLabelFileDataset(ImageFileDataset):
     """(image, multi-hot target [C]) from absolute paths; keys as :class:`ImageFileDataset` (index or (index, seed))."""
 
-    def __getitem__(self, key):
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        image = self.load(int(i))
-        if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(seed))
-                    image = self.transform(image)
-        return image, self.labels[i]
+    def target(self, i: int):
+        return self.labels[i]
 
 
 def squash_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, flip: bool,

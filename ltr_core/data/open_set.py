@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import DataError, LTData, Split
-from .cifar import SPECS, download_torchvision, find_source, load_source
+from .cifar import SPECS, load_raw
 from .digits import DEFAULT_IMAGE_SIZE as DIGITS_IMAGE_SIZE
 from .digits import DEFAULT_N_MAX as DIGITS_N_MAX
 from .digits import DIGITS_MEAN, DIGITS_STD, _to_uint8_rgb, split_digits
@@ -66,15 +66,7 @@ def relabel(labels: np.ndarray, known: list[int]) -> np.ndarray:
 def build_cifar10_lt_open(cfg, data_root: Path) -> LTData:
     """CIFAR-10-LT-open from a DataSection (same sources and cache as ``cifar10_lt``)."""
     spec = SPECS["cifar10_lt"]
-    data_root = Path(data_root)
-    try:
-        kind, path = find_source(data_root, spec)
-    except DataError:
-        if not cfg.download:
-            raise
-        download_torchvision(data_root, spec)
-        kind, path = find_source(data_root, spec)
-    raw, cpath = load_source(kind, path, spec, Path(cfg.cache_dir))
+    kind, path, raw, cpath = load_raw(cfg, data_root, spec)
     names = list(raw["class_names"])
     known, held = split_classes("cifar10_lt_open", len(names), cfg.open_classes, names)
     train_y = relabel(raw["train_labels"].numpy(), known)
