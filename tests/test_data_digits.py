@@ -109,3 +109,17 @@ def test_resolve_data_root(monkeypatch):
     monkeypatch.setenv("LTR_DATA_ROOT", "/somewhere")
     assert resolve_data_root(DataSection(dataset="cifar10_lt")) == Path("/somewhere")
     assert resolve_data_root(DataSection(dataset="cifar10_lt", data_root="/x")) == Path("/x")
+
+
+def test_digits_cache_holds_exactly_sklearns_arrays(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from ltr_core.data.digits import load_digits_cached
+
+    first = load_digits_cached(tmp_path)  # builds the cache
+    assert (tmp_path / "sklearn_digits.npz").is_file()
+    second = load_digits_cached(tmp_path)  # reads it
+    ref = load_digits()
+    for got in (first, second):
+        np.testing.assert_array_equal(got.images, ref.images)
+        np.testing.assert_array_equal(got.target, ref.target)

@@ -20,6 +20,10 @@ Normalisation: mean 0.3053 / std 0.3759 per channel, computed once over all 1,79
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -57,11 +61,28 @@ def split_digits(targets: np.ndarray, counts: list[int], test_per_class: int,
     return train, test
 
 
-def build_digits_lt(cfg, data_root=None) -> LTData:
-    """digits-LT from a :class:`~ltr_core.config.DataSection` (``data_root`` is not used)."""
+def load_digits_cached(cache_dir: str | os.PathLike | None = None) -> SimpleNamespace:
+    """scikit-learn's digits (``images`` float [1797, 8, 8] in 0..16, ``target`` [1797]); with ``cache_dir`` the
+    arrays are kept in ``<cache_dir>/sklearn_digits.npz`` (written atomically), so later runs skip importing
+    scikit-learn's dataset module (~1.5 s per notebook kernel). Same arrays either way."""
+    path = Path(cache_dir) / "sklearn_digits.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return SimpleNamespace(images=z["images"], target=z["target"])
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez(tmp, images=digits.images, target=digits.target)
+        os.replace(tmp, path)
+    return SimpleNamespace(images=digits.images, target=digits.target)
+
+
+def build_digits_lt(cfg, data_root=None) -> LTData:
+    """digits-LT from a :class:`~ltr_core.config.DataSection` (``data_root`` is not used)."""
+    digits = load_digits_cached(cfg.cache_dir)
     targets = np.asarray(digits.target, dtype=np.int64)
     n_max = cfg.n_max or DEFAULT_N_MAX
     smallest = int(np.bincount(targets).min()) - cfg.digits_test_per_class

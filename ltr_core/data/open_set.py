@@ -31,7 +31,7 @@ from .base import DataError, LTData, Split
 from .cifar import SPECS, load_raw
 from .digits import DEFAULT_IMAGE_SIZE as DIGITS_IMAGE_SIZE
 from .digits import DEFAULT_N_MAX as DIGITS_N_MAX
-from .digits import DIGITS_MEAN, DIGITS_STD, _to_uint8_rgb, split_digits
+from .digits import DIGITS_MEAN, DIGITS_STD, _to_uint8_rgb, load_digits_cached, split_digits
 from .profiles import lt_counts, select_lt_indices
 
 DEFAULT_OPEN_CLASSES = {"cifar10_lt_open": (8, 9), "digits_lt_open": (8, 9)}
@@ -96,9 +96,7 @@ def build_cifar10_lt_open(cfg, data_root: Path) -> LTData:
 
 def build_digits_lt_open(cfg, data_root=None) -> LTData:
     """digits-LT-open from a DataSection (``data_root`` is not used)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = load_digits_cached(cfg.cache_dir)
     targets = np.asarray(digits.target, dtype=np.int64)
     known, held = split_classes("digits_lt_open", 10, cfg.open_classes)
     n_max = cfg.n_max or DIGITS_N_MAX
