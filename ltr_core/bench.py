@@ -405,6 +405,14 @@ def plot_rows(rows: list[dict]):
     return fig
 
 
+def note_lines(rows: list[dict], note: str, cpu_note: str) -> list[str]:
+    """Markdown lines closing a bench report: ``note``, then ``cpu_note`` when the rows were measured on a CPU."""
+    parts = [note] if note else []
+    if rows and rows[0]["device"].startswith("cpu"):
+        parts.append(cpu_note)
+    return ["", "\n\n".join(parts)] if parts else []
+
+
 def write_outputs(rows: list[dict], out_dir: str | Path, name: str = "bench", note: str = "") -> list[Path]:
     """``<out_dir>/<name>.md`` (machine line, table, legend, note), ``.csv`` and the bar figure (PNG + PDF)."""
     import pandas as pd
@@ -415,13 +423,9 @@ def write_outputs(rows: list[dict], out_dir: str | Path, name: str = "bench", no
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = ["# ltr bench" + (f": {name}" if name != "bench" else ""), "", f"Machine: {machine_line(rows)}", "", format_rows(rows), "", legend()]
-    if rows and rows[0]["device"].startswith("cpu"):
-        note = (note + "\n\n" if note else "") + (
-            "CPU run: sizes are reduced, the precision is fp32 and there is no TFLOP/s bound (n/a); the bound "
-            "(bf16 790 TFLOP/s on an H100) applies to GPU runs. Regenerate on a GPU with "
-            "`ltr bench --models all --batch-size 256 --out figures/perf/`.")
-    if note:
-        md += ["", note]
+    md += note_lines(rows, note, "CPU run: sizes are reduced, the precision is fp32 and there is no TFLOP/s bound (n/a); "
+                     "the bound (bf16 790 TFLOP/s on an H100) applies to GPU runs. Regenerate on a GPU with "
+                     "`ltr bench --models all --batch-size 256 --out figures/perf/`.")
     paths = [atomic_write_text(out / f"{name}.md", "\n".join(md) + "\n")]
     buf = pd.DataFrame(rows).to_csv(index=False, float_format="%.6g")
     paths.append(atomic_write_text(out / f"{name}.csv", buf))
@@ -642,13 +646,10 @@ def write_livt_outputs(rows: list[dict], out_dir: str | Path, note: str = "") ->
           "`Of bound` = measured / bound = the MFU reached (CPU: img/CPU-s against the per-CPU-second peak). "
           "img/CPU-s = images per CPU-second of the process (the unloaded rate of a one-thread run on a shared "
           "CPU)."]
-    if rows[0]["device"].startswith("cpu"):
-        note = (note + "\n\n" if note else "") + (
-            "CPU run: fp32 and reduced batches; the H100 column is the performance.md bound of this configuration "
-            "at 50 % MFU, for scale. Regenerate on a GPU with the params' own batches, e.g. "
-            "`ltr bench --livt params/cifar10_lt/livt_ir100.yaml --set data_root=<CIFAR-10 root> --out figures/perf/`.")
-    if note:
-        md += ["", note]
+    md += note_lines(rows, note, "CPU run: fp32 and reduced batches; the H100 column is the performance.md bound of this "
+                     "configuration at 50 % MFU, for scale. Regenerate on a GPU with the params' own batches, e.g. "
+                     "`ltr bench --livt params/cifar10_lt/livt_ir100.yaml --set data_root=<CIFAR-10 root> "
+                     "--out figures/perf/`.")
     return [atomic_write_text(out / "livt_throughput.md", "\n".join(md) + "\n"),
             atomic_write_text(out / "livt_throughput.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))]
 
