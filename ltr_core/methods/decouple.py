@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .. import engine
-from ..config import ConfigError, RunConfig, config_hash
+from ..config import ConfigError, RunConfig
 from ..data import LTData, build_data, make_loader
 from ..data.samplers import build_sampler
 from ..features import FeatureLoader, cached_features, weights_digest
@@ -49,7 +49,8 @@ from ..models import Classifier, build_model
 from ..models.heads import CosineHead, LinearHead, LWSHead, tau_normalized
 from ..results import RunDir
 from ..stages import StageError, load_run_config, load_weights, require_complete, resolve_run
-from ..study import Evaluation, add_open_set_metrics, evaluate_logits, predict_split, prepare_run_dir, write_run_results
+from ..study import (Evaluation, add_open_set_metrics, completed_results, evaluate_logits, predict_split, prepare_run_dir,
+                     write_run_results)
 
 NOTEBOOK = "decouple.ipynb"
 DEFAULT_TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
@@ -250,10 +251,9 @@ def _splits_to_evaluate(data: LTData, cfg: RunConfig) -> list[str]:
 
 def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """Stage 2 on the stage-1 run ``init_run``; writes and returns results.json (see the module doc)."""
-    existing = RunDir(cfg.run_path())
-    if existing.is_complete(config_hash(cfg)):
-        print(f"skip: {existing.path} is complete (config {config_hash(cfg)})", flush=True)
-        return existing.read_results()
+    done = completed_results(cfg)
+    if done is not None:
+        return done
     mode = cfg.decouple.decouple_mode
     if mode in TRAINED_MODES:
         epoch_lr_schedule(cfg)  # fail on a warm-up before anything is written

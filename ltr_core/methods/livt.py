@@ -51,7 +51,7 @@ from ..models.vit import build_vit, layer_decay_groups, load_encoder
 from ..results import RunDir, atomic_write_text, dump_json
 from ..stages import (StageError, format_ref, load_run_config, resolve_run, stage_config, stage_dir,
                       state_dict_cpu)
-from ..study import prepare_run_dir, run_supervised
+from ..study import completed_results, prepare_run_dir, run_supervised
 
 NOTEBOOK = "livt.ipynb"
 MGP_STAGE = "mgp"
@@ -250,10 +250,9 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """MGP (or an earlier run's MGP, or none) then BFT; returns the results.json dict."""
     if cfg.run.method != "livt":
         raise ConfigError(f"ltr_core.methods.livt runs method 'livt', got {cfg.run.method!r}")
-    existing = RunDir(cfg.run_path())
-    if existing.is_complete(config_hash(cfg)):
-        print(f"skip: {existing.path} is complete", flush=True)
-        return existing.read_results()
+    done = completed_results(cfg)
+    if done is not None:
+        return done
     prepare_run_dir(cfg)
     if data is None:
         engine.seed_everything(cfg.run.seed)

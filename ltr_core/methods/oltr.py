@@ -36,7 +36,7 @@ from ..losses import build_loss
 from ..models import build_backbone
 from ..models.oltr import OLTRLoss, OLTRModel, PlainModel, probe_map_size
 from ..results import RunDir
-from ..study import run_supervised
+from ..study import completed_results, run_supervised
 
 NOTEBOOK = "oltr.ipynb"
 STAGE1 = "stage1"
@@ -186,10 +186,9 @@ STAGE1_SUMMARY = ("top1", "many", "medium", "few", "ece", "f_measure", "f_measur
 def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """Stage 1 (or init_run) -> stage 2 -> closed- and open-set evaluation; returns the results.json dict."""
     check_config(cfg)
-    done = RunDir(cfg.run_path())
-    if done.is_complete(config_hash(cfg)):
-        print(f"skip: {done.path} is complete", flush=True)
-        return done.read_results()
+    done = completed_results(cfg)
+    if done is not None:
+        return done
     if cfg.data.sampler != "class_aware":
         print(f"note: stage 2 samples with {cfg.data.sampler!r}; OLTR's is class_aware (4 per class visit)", flush=True)
     data = data if data is not None else build_data(cfg.data)

@@ -51,7 +51,7 @@ from ..models import clip as clip_core
 from ..models.vlltr import (CVLP, ImageEncoder, LGRHead, LGRLoss, LGRModel, anss_losses, clamped_scale,
                             gather_anchors, mix_batch, mix_probabilities, select_anchors)
 from ..results import RunDir, to_jsonable
-from ..study import Evaluation, add_open_set_metrics, evaluate_logits, prepare_run_dir, write_run_results
+from ..study import Evaluation, add_open_set_metrics, completed_results, evaluate_logits, prepare_run_dir, write_run_results
 
 NOTEBOOK = "vlltr.ipynb"
 ALPHA_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
@@ -494,10 +494,9 @@ def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anch
     """Train and evaluate the LGR head; writes the run's results.json (skipped when complete)."""
     check_config(cfg)
     v = cfg.vlltr
-    existing = RunDir(cfg.run_path())
-    if existing.is_complete(config_hash(cfg)):
-        print(f"skip: {existing.path} is complete", flush=True)
-        return existing.read_results()
+    done = completed_results(cfg)
+    if done is not None:
+        return done
     run_dir, chash = prepare_run_dir(cfg)
     device = device or engine.resolve_device(cfg.run.device)
     engine.seed_everything(cfg.run.seed)
@@ -574,10 +573,9 @@ def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anch
 def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """Stage 1 (CVLP) → AnSS → stage 2 (LGR head); returns the results.json dict (skips a complete run)."""
     check_config(cfg)
-    existing = RunDir(cfg.run_path())
-    if existing.is_complete(config_hash(cfg)):
-        print(f"skip: {existing.path} is complete (config {config_hash(cfg)})", flush=True)
-        return existing.read_results()
+    done = completed_results(cfg)
+    if done is not None:
+        return done
     lt = data if data is not None else build_data(cfg.data)
     text = class_text(cfg, lt)
     stage1 = run_stage1(cfg, lt, text)
