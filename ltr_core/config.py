@@ -154,6 +154,7 @@ class DecoupleSection:
     decouple_scheduler_step: str = "post_epoch"  # crt/lws epoch-wise lr: post_epoch | pre_epoch (classifier-balancing; last epoch lr 0)
     decouple_tau: float = -1.0  # tau_norm / posthoc_la knob; < 0: chosen on val (no val: on test, "oracle"); LA paper 1.0
     decouple_tau_grid: tuple[float, ...] = ()  # tau values swept and recorded; empty: 0, 0.1, ..., 2.0
+    ncm_metric: str = "cl2n_l2"  # ncm: cl2n_l2 (-||x^ - c||^2 on centred, L2-normalised features; classifier-balancing) | cosine (cos(f, raw class mean))
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class OLTRSection:
     oltr_feature_lr: float = 0.01  # stage-2 lr of backbone, attention and fc (ImageNet-LT 0.01, Places-LT 1e-4)
     oltr_centroid_lr: float = 0.01  # stage-2 lr of the centroid memory M (own SGD group, same schedule; paper 0.01)
     oltr_centroid_weight: float = 0.01  # weight of the discriminative centroid loss in CE + w * (L_att + 0.01 L_rep) (paper 0.01)
-    oltr_centroid_input: str = "meta"  # feature the centroid loss pulls: meta (v_meta, paper Eq. 7) | direct (f, original code)
+    oltr_centroid_input: str = "direct"  # feature the centroid loss pulls: direct (f, original code) | meta (v_meta, paper Eq. 7)
     oltr_centroid_grad_scaled: bool = False  # scale the centroid update by oltr_centroid_weight (False: original code, unscaled)
     oltr_reach_scale: float = 10.0  # reachability gamma = scale / min_c ||f - M_c|| (paper 10)
     oltr_attention: bool = True  # modulated attention on the last feature map (use_modulatedatt; ablation: False)
@@ -246,6 +247,7 @@ class PELSection:
     pel_tte: bool = True  # test-time ensembling: resize to S + pel_tte_expand, five crops, mean logits (PEL: on; no-TTE metrics are recorded too)
     pel_tte_expand: int = 24  # TTE resize = input size + expand (224 + 24 = 248; paper uses 21 for ViT-L/14)
     pel_cached_features: bool = True  # linear_probe: train the head on frozen-tower features computed once (no train augmentation); False: online with augmentation
+    pel_lr_step: str = "epoch"  # when the lr schedule moves: epoch (PEL/LIFT CosineAnnealingLR stepped after each epoch, lr constant within it) | step (every optimiser step)
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ class VLLTRSection:
     vlltr_anss_per_class: int = 50  # at most this many images per class feed AnSS (paper: iNat train capped at 50)
     vlltr_anchors: int = 64  # M anchor sentences kept per class (lowest L_lin; padded and masked when fewer; paper 64)
     vlltr_alpha: float = 0.2  # p = alpha softmax(z_visual) + (1-alpha) softmax(z_linguistic) (paper 0.2 IN-LT/Places, 0.7 iNat)
-    vlltr_lgr_scale: float = 100.0  # fixed scale s of the linguistic logits s cos(f, v_c) (paper 100)
+    vlltr_lgr_scale: float = 0.0  # scale s of the linguistic logits s cos(f, v_c), frozen; 0: exp(logit_scale) of the CVLP model (original code: the CVLP checkpoint's logit_scale; 100 for an unchanged OpenAI CLIP); > 0: this fixed value
     vlltr_text_lr: float = 1.0e-6  # stage-2 lr of the attention (W_q, W_k, LNs); the visual MLP (and encoder) get lr (paper 1e-6)
     vlltr_stage2_input: str = "cached"  # cached (frozen encoder, features of un-augmented images computed once) | online (encoder in the loop, augmented)
     vlltr_train_visual: bool = False  # stage 2 fine-tunes the CLIP image encoder (needs online; paper: iNat only)
@@ -351,6 +353,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
                  "linear_probe"),
     "pel_init": ("text", "random"),
     "pel_templates": ("single", "ensemble"),
+    "pel_lr_step": ("epoch", "step"),
     "vlltr_anss_split": ("auto", "train", "val"),
     "vlltr_stage2_input": ("cached", "online"),
     "oltr_centroid_input": ("direct", "meta"),
@@ -359,6 +362,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "crt_features": ("online", "cached"),
     "crt_bn_mode": ("train", "eval"),
     "decouple_scheduler_step": ("post_epoch", "pre_epoch"),
+    "ncm_metric": ("cl2n_l2", "cosine"),
 }
 
 # Keys that name where or how a run executes, not what it computes: left out of the config hash,

@@ -226,7 +226,7 @@ def predict(model: nn.Module, loader, device: torch.device, precision: str = "au
     """
     was_training = model.training
     model.eval()
-    fn = fn or model
+    fn = model if fn is None else fn
     dtype = autocast_dtype(precision, device)
     logits, labels = [], []
     for x, y in loader:
@@ -279,7 +279,7 @@ def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoc
     soft targets t [B, C], RandAugment on the device, ...); the loss is ``criterion(forward(x), t)``.
     """
     model.train()
-    forward = forward or model
+    forward = model if forward is None else forward
     dtype = autocast_dtype(cfg.train.precision, device)
     steps = len(loader)
     if cfg.train.max_steps_per_epoch:

@@ -12,8 +12,10 @@ Conventions shared by all losses here (methods.md §2):
 * class statistics are float32 buffers, moved to the logits' device on use (the engine does not move
   the criterion), so every loss runs on CPU and CUDA alike;
 * π = n / N is the training class prior; C the number of classes; B the batch size;
-* "mean" is over the batch unless a class weight is given, in which case the PyTorch weighted-CE
-  normalisation Σ_i w_{y_i} l_i / Σ_i w_{y_i} is used (methods.md §2.3).
+* "mean" is over the batch (÷ B). The one exception is softmax CE with a class weight (CB-CE,
+  LDAM-DRW): PyTorch's ``cross_entropy(weight=w)`` rule Σ_i w_{y_i} l_i / Σ_i w_{y_i}, as the LDAM-DRW
+  code (``nn.CrossEntropyLoss(weight)``) trains it (methods.md §2.3). The weighted focal loss (CB-focal)
+  divides by B, as LDAM-DRW's ``FocalLoss`` does (``focal_loss(...).mean()``).
 
 Registered names (:data:`LOSSES`): ce, focal, cb, ldam, ldam_drw, logit_adjusted, balanced_softmax,
 bal_bce, mislas, lade.
@@ -66,20 +68,28 @@ def class_balanced_weights(class_counts, beta: float) -> torch.Tensor:
     return _buffer(w * n.size / w.sum())
 
 
-def _focal_per_sample(z: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
-    """-(1 - p_y)^γ log p_y per sample, p = softmax(z)."""
-    logp = F.log_softmax(z, dim=1).gather(1, target[:, None]).squeeze(1)
-    if gamma == 0:
-        return -logp
-    return -(1.0 - logp.exp()).clamp_min(0.0).pow(gamma) * logp
+FOCAL_FORMS = ("ldam", "paper")
 
 
-def _weighted_mean(per_sample: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the batch, or Σ w_{y_i} l_i / Σ w_{y_i} with a class weight (PyTorch weighted-CE rule)."""
-    if weight is None:
-        return per_sample.mean()
-    w = weight.to(per_sample.device)[target]
-    return (w * per_sample).sum() / w.sum()
+def _focal_per_sample(z: torch.Tensor, target: torch.Tensor, gamma: float, weight: torch.Tensor | None = None,
+                      form: str = "ldam") -> torch.Tensor:
+    """Per-sample softmax focal loss, with an optional class weight w (all ones when None).
+
+    ``ldam`` (LDAM-DRW ``losses.FocalLoss``, the code of the LDAM paper's focal / CB-focal rows):
+        l_i = w_{y_i} · CE_i,  p_i = exp(−l_i),  loss_i = (1 − p_i)^γ · l_i   (p_i = p_{y_i}^{w_{y_i}})
+    ``paper`` (the α-balanced focal loss of Lin et al. with α = w; Cui et al. likewise put their weight
+    outside the modulator, on the sigmoid focal loss):
+        loss_i = −w_{y_i} · (1 − p_{y_i})^γ · log p_{y_i},  p = softmax(z)
+    The two agree when w = 1.
+    """
+    if form not in FOCAL_FORMS:
+        raise ValueError(f"focal form must be one of {FOCAL_FORMS}, got {form!r}")
+    nll = -F.log_softmax(z, dim=1).gather(1, target[:, None]).squeeze(1)
+    w = None if weight is None else weight.to(z.device)[target]
+    if form == "ldam" and w is not None:
+        nll, w = w * nll, None
+    loss = nll if gamma == 0 else (1.0 - torch.exp(-nll)).clamp_min(0.0).pow(gamma) * nll
+    return loss if w is None else w * loss
 
 
 # --------------------------------------------------------------------------- losses
@@ -101,48 +111,59 @@ class CrossEntropy(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """Softmax focal loss (Lin et al., ICCV 2017), in the LDAM-DRW form (methods.md §2.2).
+    """Softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017), in the
+    LDAM-DRW form (methods.md §2.2).
 
-    l_i = -(1 - p_{y_i})^γ · log p_{y_i},  p = softmax(z);  L = mean_i l_i, or with a class weight w
-    L = Σ_i w_{y_i} l_i / Σ_i w_{y_i}. γ = 0 is plain (weighted) CE. Note: p_y here is the true
-    softmax probability (LDAM's code takes p = exp(-w_y·CE), which differs once weights are on).
+    L = (1/B) Σ_i (1 − p_i)^γ · l_i with l_i = w_{y_i} · CE_i and p_i = exp(−l_i), the code of LDAM-DRW
+    (``focal_loss(F.cross_entropy(z, y, weight, reduction='none'), γ).mean()``): divided by the batch
+    size B, not by Σ w_{y_i}. Without a class weight l_i = −log p_{y_i}. γ = 0 is CE (weighted: Σ w l / B).
+    ``form="paper"`` keeps the weight outside the modulator, −w_y (1 − p_y)^γ log p_y with the true
+    softmax p_y (the α-balanced focal loss of the paper), also divided by B.
     """
 
-    def __init__(self, class_counts=None, gamma: float = 1.0, weight: torch.Tensor | None = None):
+    def __init__(self, class_counts=None, gamma: float = 1.0, weight: torch.Tensor | None = None,
+                 form: str = "ldam"):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        if form not in FOCAL_FORMS:
+            raise ValueError(f"focal form must be one of {FOCAL_FORMS}, got {form!r}")
+        self.gamma, self.form = float(gamma), form
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _weighted_mean(_focal_per_sample(logits.float(), target, self.gamma), target, self.weight)
+        return _focal_per_sample(logits.float(), target, self.gamma, self.weight, self.form).mean()
 
 
 class ClassBalancedLoss(nn.Module):
     """Class-balanced loss (Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019).
 
-    w_c = (1 - β) / (1 - β^{n_c}), normalised so Σ_c w_c = C (methods.md §2.3); the per-sample
-    weight w_y multiplies softmax CE (``base="ce"``) or the softmax focal loss (``base="focal"``,
-    exponent γ), normalised as PyTorch's weighted CE: L = Σ_i w_{y_i} l_i / Σ_i w_{y_i}.
+    w_c = (1 - β) / (1 - β^{n_c}), normalised so Σ_c w_c = C (methods.md §2.3), applied as LDAM-DRW's
+    ``Reweight`` rule does (the code of the LDAM paper's CB re-runs):
+
+    * ``base="ce"``: PyTorch weighted CE, L = Σ_i w_{y_i} CE_i / Σ_i w_{y_i} (``nn.CrossEntropyLoss(weight)``);
+    * ``base="focal"``: LDAM-DRW's weighted focal loss (:class:`FocalLoss`, exponent γ), divided by B:
+      L = (1/B) Σ_i (1 − e^{−l_i})^γ l_i, l_i = w_{y_i} CE_i. ``focal_form="paper"``: the weight outside the
+      modulator, (1/B) Σ_i −w_{y_i} (1 − p_{y_i})^γ log p_{y_i}.
     """
 
-    def __init__(self, class_counts, beta: float = 0.9999, base: str = "ce", gamma: float = 1.0):
+    def __init__(self, class_counts, beta: float = 0.9999, base: str = "ce", gamma: float = 1.0,
+                 focal_form: str = "ldam"):
         super().__init__()
         if base not in CB_BASES:
             raise ValueError(f"cb_loss must be one of {CB_BASES}, got {base!r}")
         self.base = base
         self.register_buffer("weight", class_balanced_weights(class_counts, beta))
-        if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        if gamma < 0 or focal_form not in FOCAL_FORMS:
+            raise ValueError(f"CB focal needs gamma >= 0 and a form in {FOCAL_FORMS}, got {gamma}, {focal_form!r}")
+        self.gamma, self.focal_form = float(gamma), focal_form
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.float()
         w = self.weight.to(z.device)
         if self.base == "ce":
             return F.cross_entropy(z, target, weight=w)
-        return _weighted_mean(_focal_per_sample(z, target, self.gamma), target, w)
+        return _focal_per_sample(z, target, self.gamma, w, self.focal_form).mean()
 
 
 class LDAMLoss(nn.Module):
@@ -304,35 +325,40 @@ class MiSLASLoss(nn.Module):
 
 
 class LADELoss(nn.Module):
-    """LADE (Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition", CVPR 2021).
+    """LADE (Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition", CVPR 2021),
+    as hyperconnect/LADE trains it (``PriorCELoss`` weight 1 + ``LADELoss`` weight α on the same logits).
 
-    L = L_PC + α · L_LADE with
-      L_PC   = CE(z + log π, y)                          (PC-softmax CE = Balanced Softmax),
-      L_LADE = −Σ_{c ∈ batch} π_c · [ mean_{i: y_i = c} z_ic − log( mean_{i = 1..B} exp(z_ic) ) ],
-    the Donsker–Varadhan lower bound on the per-class log-likelihood ratio, summed over the classes
-    present in the batch with weight π_c. Raw z at test (uniform target prior).
-    Simplifications (no reference text in methods.md): the expectation under the marginal uses
-    the batch as is (no importance re-weighting to a target prior) and the REMINE regulariser of
-    the paper's released code is not included.
+    L = L_PC + α · L_LADE, π = n / N the training prior, B the batch, C the classes, n_c^B the
+    number of samples of class c in the batch:
+
+      L_PC   = CE(z + log(π + 1e-9), y)                                 (PC-softmax CE = Balanced Softmax)
+      L_LADE = −Σ_{c=1..C} π_c · [ F_c − S_c − λ · S_c² ]               (REMINE lower bound, λ = remine_lambda)
+      F_c    = Σ_{i: y_i = c} z_ic / (n_c^B + 1e-8)                     (0 for a class absent from the batch)
+      S_c    = log( (1/B) Σ_{i=1..B} exp(z_ic − log(π_c + 1e-9) + log(1/C + 1e-9)) )
+
+    F_c − S_c is the Donsker–Varadhan bound on the log-likelihood ratio of class c; S_c takes the
+    expectation under the balanced (uniform-prior) marginal by the importance factor (1/C)/π_c; λ S_c²
+    is the REMINE regulariser (original default λ = 0.1, α = 0.1). As in the original code the sum runs
+    over **all** C classes (absent ones contribute π_c (S_c + λ S_c²)). Raw z at test (uniform target prior).
     """
 
-    def __init__(self, class_counts, alpha: float = 0.1):
+    def __init__(self, class_counts, alpha: float = 0.1, remine_lambda: float = 0.1):
         super().__init__()
         n = _counts(class_counts, "lade", positive=True)
         prior = n / n.sum()
-        self.alpha = float(alpha)
+        self.alpha, self.remine_lambda = float(alpha), float(remine_lambda)
         self.register_buffer("prior", _buffer(prior))
-        self.register_buffer("log_prior", _buffer(np.log(prior)))
+        self.register_buffer("log_prior", _buffer(np.log(prior + 1e-9)))
+        self.log_balanced = math.log(1.0 / n.size + 1e-9)
 
     def regulariser(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L_LADE of the docstring for float32 logits ``z`` [B, C]."""
         onehot = F.one_hot(target, z.shape[1]).to(z.dtype)
-        per_class = onehot.sum(0)
-        present = per_class > 0
-        first = (onehot * z).sum(0) / per_class.clamp_min(1.0)
-        second = torch.logsumexp(z, dim=0) - math.log(z.shape[0])
-        prior = self.prior.to(z.device)
-        return -(prior * (first - second))[present].sum()
+        first = (onehot * z).sum(0) / (onehot.sum(0) + 1e-8)
+        shifted = z - self.log_prior.to(z.device) + self.log_balanced
+        second = torch.logsumexp(shifted, dim=0) - math.log(z.shape[0])
+        bound = first - second - self.remine_lambda * second.pow(2)
+        return -(self.prior.to(z.device) * bound).sum()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.float()

@@ -59,9 +59,40 @@ def test_ncm_class_means_and_cosine():
     y = torch.tensor([0, 0, 1])
     means = decouple.class_means(f, y, 2)
     assert torch.allclose(means, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
-    assert torch.allclose(decouple.ncm_logits(torch.tensor([[1.0, 1.0]]), means), torch.tensor([[0.5 ** 0.5] * 2]))
+    mean0, cos_means = decouple.ncm_centroids(f, y, 2, "cosine")
+    assert torch.allclose(cos_means, means) and not mean0.any()
+    assert torch.allclose(decouple.ncm_logits(torch.tensor([[1.0, 1.0]]), means, "cosine"),
+                          torch.tensor([[0.5 ** 0.5] * 2]))
     with pytest.raises(ValueError, match="no training feature"):
         decouple.class_means(f, y, 3)
+    with pytest.raises(ValueError, match="ncm_metric"):
+        decouple.ncm_centroids(f, y, 2, "l1")
+
+
+def test_ncm_cl2n_l2_by_hand():
+    """classifier-balancing NCM (feat_type cl2n, dist_type l2) on 2-D points, computed by hand.
+
+    Train f = (2,0), (4,0), (0,3) with y = 0, 0, 1: mu = (2, 1); centred (0,-1), (2,-1), (-2,2);
+    normalised (0,-1), (2,-1)/√5, (-1,1)/√2; c_0 = ((2/√5)/2, (-1 - 1/√5)/2), c_1 = (-1/√2, 1/√2).
+    Test f = (3, 1): x̂ = (1, 0); z_c = -‖x̂ - c_c‖².
+    """
+    f = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([0, 0, 1])
+    mean, centroids = decouple.ncm_centroids(f, y, 2)  # default metric cl2n_l2
+    r5, r2 = math.sqrt(5.0), math.sqrt(2.0)
+    c0 = (1 / r5, (-1 - 1 / r5) / 2)
+    c1 = (-1 / r2, 1 / r2)
+    assert torch.allclose(mean, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(centroids, torch.tensor([c0, c1]), atol=1e-6)
+    z = decouple.ncm_logits(torch.tensor([[3.0, 1.0]]), centroids, "cl2n_l2", mean)
+    hand = [-((1 - c0[0]) ** 2 + c0[1] ** 2), -((1 - c1[0]) ** 2 + c1[1] ** 2)]
+    assert torch.allclose(z, torch.tensor([hand]), atol=1e-6)
+    # the centroids are means of normalised features, not re-normalised (|c_0| < 1)
+    assert float(centroids[0].norm()) < 0.99
+    head = decouple.NCMHead(centroids, mean)
+    assert torch.allclose(head(torch.tensor([[3.0, 1.0]])), z)
+    assert set(head.state_dict()) == {"centroids", "feature_mean"}
+    assert from_params({"method": "decouple"}).decouple.ncm_metric == "cl2n_l2"
 
 
 def test_epoch_lr_schedule_pre_and_post_epoch(tmp_path):
@@ -150,7 +181,9 @@ def test_cached_variant_is_labelled_and_lws_ncm_run(stage1):
     cfg, res = stage2(stage1, "lws", decouple_mode="lws", crt_features="cached")
     assert len(res["lws_scale"]) == 10 and res["trainable_parameters"] == 10
     cfg, res = stage2(stage1, "ncm", decouple_mode="ncm")
-    assert 0 <= res["metrics"]["top1"] <= 100
+    assert 0 <= res["metrics"]["top1"] <= 100 and res["ncm_metric"] == "cl2n_l2"
+    cfg, res = stage2(stage1, "ncm_cos", decouple_mode="ncm", ncm_metric="cosine")
+    assert 0 <= res["metrics"]["top1"] <= 100 and res["ncm_metric"] == "cosine"
     names = set(results.collect(stage1.run_path().parent)["name"])
     assert {"crt_c [cached features]", "lws [cached features]", "ncm", "ce"} <= names
 

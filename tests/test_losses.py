@@ -76,14 +76,43 @@ def test_cb_weights_sum_to_c_and_cb_losses():
     z, y = batch(2)
     zn, yn = z.double().numpy(), y.numpy()
     assert close(ClassBalancedLoss(COUNTS, beta=0.9999)(z, y), np_ce(zn, yn, weight=w))
-    num = den = 0.0
+    ldam = paper = 0.0  # LDAM-DRW FocalLoss: l = w CE, p = exp(-l), mean over B of (1-p)^g l
     for i in range(B):
         lp = np_log_softmax(zn[i])[yn[i]]
-        num += w[yn[i]] * -((1 - math.exp(lp)) ** 2.0) * lp
-        den += w[yn[i]]
-    assert close(ClassBalancedLoss(COUNTS, beta=0.9999, base="focal", gamma=2.0)(z, y), num / den)
+        l_w = -w[yn[i]] * lp
+        ldam += (1 - math.exp(-l_w)) ** 2.0 * l_w
+        paper += w[yn[i]] * -((1 - math.exp(lp)) ** 2.0) * lp
+    assert close(ClassBalancedLoss(COUNTS, beta=0.9999, base="focal", gamma=2.0)(z, y), ldam / B)
+    assert close(ClassBalancedLoss(COUNTS, beta=0.9999, base="focal", gamma=2.0, focal_form="paper")(z, y),
+                 paper / B)
     with pytest.raises(ValueError, match="cb_loss"):
         ClassBalancedLoss(COUNTS, base="bce")
+
+
+def test_cb_focal_hand_value_and_batch_normalisation():
+    """Two samples with zero logits (CE = log 2 each), weights (0.5, 1.5), gamma = 1, by hand:
+    l = (0.5, 1.5) log 2, p = 2^-0.5, 2^-1.5; L = [(1 - 2^-0.5) 0.5 + (1 - 2^-1.5) 1.5] log 2 / 2."""
+    w = torch.tensor([0.5, 1.5])
+    z, y = torch.zeros(2, 2), torch.tensor([0, 1])
+    hand = ((1 - 2 ** -0.5) * 0.5 + (1 - 2 ** -1.5) * 1.5) * math.log(2) / 2
+    assert close(FocalLoss(gamma=1.0, weight=w)(z, y), hand, tol=1e-6)
+    # gamma = 0: weighted focal is Σ w l / B, weighted CE (CB-CE) keeps PyTorch's Σ w l / Σ w
+    assert close(FocalLoss(gamma=0.0, weight=w)(z, y), (0.5 + 1.5) * math.log(2) / 2, tol=1e-6)
+    # the gradient ratio to the old Σ w_y normalisation is Σ_i w_{y_i} / B; on CIFAR-10-LT IR100 with instance
+    # sampling E[w_y] = Σ_c π_c w_c = 0.171, so the old normalisation trained at ~5.8x the gradient
+    n10 = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    assert abs(1 / float((n10 / n10.sum()) @ np_cb_weights(n10, 0.9999)) - 5.85) < 0.01
+    cb = ClassBalancedLoss(COUNTS, beta=0.9999, base="focal", gamma=0.0)
+    zz, yy = batch(3)
+    zz.requires_grad_(True)
+    cb(zz, yy).backward()
+    g_new = zz.grad.clone()
+    zz.grad = None
+    torch.nn.functional.cross_entropy(zz, yy, weight=cb.weight).backward()
+    ratio = float(cb.weight[yy].sum()) / B
+    assert torch.allclose(g_new, ratio * zz.grad, rtol=1e-5, atol=1e-7)
+    assert close(ClassBalancedLoss(COUNTS, beta=0.9999, base="ce")(zz.detach(), yy),
+                 float(torch.nn.functional.cross_entropy(zz.detach(), yy, weight=cb.weight)))
 
 
 def test_ldam_margins_and_formula():
@@ -209,24 +238,33 @@ def test_mislas_loss_formula():
     assert close(flat, float(CrossEntropy(label_smoothing=0.2)(z, y)))
 
 
+def np_lade_regulariser(zn, ln, prior, remine_lambda):
+    """hyperconnect/LADE LADELoss re-derived with loops: -Σ_c π_c [F_c - S_c - λ S_c²] over all classes."""
+    total = 0.0
+    for c in range(C):
+        rows = [i for i in range(len(ln)) if ln[i] == c]
+        first = sum(zn[i, c] for i in rows) / (len(rows) + 1e-8)
+        shifted = [zn[i, c] - math.log(prior[c] + 1e-9) + math.log(1 / C + 1e-9) for i in range(len(ln))]
+        second = math.log(np.mean(np.exp(shifted)))
+        total += -prior[c] * (first - second - remine_lambda * second ** 2)
+    return total
+
+
 def test_lade_formula():
     z, y = batch(9)
-    zn, yn = z.double().numpy(), y.numpy()
-    y2 = torch.tensor([0, 0, 2, 2, 4, 0, 2])  # classes 1 and 3 absent from the batch
+    zn = z.double().numpy()
+    y2 = torch.tensor([0, 0, 2, 2, 4, 0, 2])  # classes 1 and 3 absent from the batch: they still count
     prior = COUNTS / COUNTS.sum()
     for labels in (y, y2):
         ln = labels.numpy()
-        pc = np_ce(zn, ln, offset=np.log(prior))
-        reg = 0.0
-        for c in range(C):
-            rows = [i for i in range(B) if ln[i] == c]
-            if not rows:
-                continue
-            first = np.mean([zn[i, c] for i in rows])
-            second = math.log(np.mean([math.exp(zn[i, c]) for i in range(B)]))
-            reg += -prior[c] * (first - second)
-        assert close(LADELoss(COUNTS, alpha=0.1)(z, labels), pc + 0.1 * reg)
+        pc = np_ce(zn, ln, offset=np.log(prior + 1e-9))
+        for lam in (0.1, 0.0):
+            reg = np_lade_regulariser(zn, ln, prior, lam)
+            assert close(LADELoss(COUNTS, alpha=0.1, remine_lambda=lam).regulariser(z, labels), reg)
+            assert close(LADELoss(COUNTS, alpha=0.1, remine_lambda=lam)(z, labels), pc + 0.1 * reg)
         assert close(LADELoss(COUNTS, alpha=0.0)(z, labels), float(BalancedSoftmax(COUNTS)(z, labels)))
+    # defaults of the original configs: alpha (RouteWeightLoss weight) 0.1, remine_lambda 0.1
+    assert LADELoss(COUNTS).alpha == 0.1 and LADELoss(COUNTS).remine_lambda == 0.1
 
 
 # --------------------------------------------------------------------------- registry

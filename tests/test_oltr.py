@@ -210,7 +210,7 @@ def test_stage2_from_a_ce_run_loads_weights_and_class_means(ce_run, tmp_path):
     plain.eval()
     # stage 2 starts from stage 1: identity attention, so f is the stage-1 feature
     assert torch.allclose(model.features(x), plain.features(x), atol=1e-5)
-    assert isinstance(loss, OLTRLoss) and loss.weight == 0.01 and loss.centroid_input == "meta"
+    assert isinstance(loss, OLTRLoss) and loss.weight == 0.01 and loss.centroid_input == "direct"  # original code
     res = oltr_method.run(cfg, data=data)
     assert res["status"] == "complete" and res["stage1_run"] == str(ce_run.run_path())
     assert "f_measure" in res["metrics"] and res["stage1_metrics"]["top1"] == res1["metrics"]["top1"]

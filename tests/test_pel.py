@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 
@@ -129,6 +130,58 @@ def test_vpt_shallow_linear_probe_and_partial(tiny):
 
 def test_default_bottleneck_matches_the_paper():
     assert [P.default_bottleneck(k, 12) for k in (1000, 365, 8142, 100, 10)] == [32, 8, 256, 4, 1]
+
+
+def test_adaptformer_down_projection_init_matches_lift():
+    """PEL/LIFT peft_modules.py: kaiming_normal_(down, a=√5) -> N(0, 1/(3 fan_in)), fan_in = d; the uniform
+    option (AdaptFormer's own kaiming_uniform_(a=√5)) is U(±1/√d) with the same variance."""
+    torch.manual_seed(0)
+    d, r = 768, 64
+    for learnable in (True, False):  # AdaptFormer and Adapter share the init
+        b = P.Bottleneck(d, r, learnable_scale=learnable)
+        w = b.down.weight.detach().double()
+        assert w.shape == (r, d) and abs(float(w.std()) * math.sqrt(3 * d) - 1) < 0.02 and abs(float(w.mean())) < 1e-3
+        assert not b.down.bias.any() and not b.up.weight.any() and not b.up.bias.any()
+    u = P.Bottleneck(d, r, learnable_scale=True, down_init="uniform").down.weight.detach().double()
+    bound = 1 / math.sqrt(d)
+    assert float(u.abs().max()) <= bound and float(u.abs().max()) > 0.99 * bound
+    assert abs(float(u.std()) * math.sqrt(3 * d) - 1) < 0.02
+    with pytest.raises(P.PeftError, match="down_init"):
+        P.Bottleneck(d, r, learnable_scale=True, down_init="xavier")
+
+
+def test_lora_a_init_takes_its_fan_in_from_the_rank():
+    """PEL/LIFT store lora_A as [d_in, r], so kaiming_uniform_(a=√5) has fan_in = r: A ~ U(±1/√r)."""
+    torch.manual_seed(0)
+    d, r = 768, 16
+    lora = P.LoRA(d, d, r)
+    a = lora.A.detach().double()
+    bound = 1 / math.sqrt(r)
+    assert a.shape == (r, d) and float(a.abs().max()) <= bound and float(a.abs().max()) > 0.99 * bound
+    assert abs(float(a.std()) * math.sqrt(3 * r) - 1) < 0.03 and not lora.B.any() and lora.scaling == 1 / r
+    ref = torch.empty(d, r)  # the original's layout and call
+    torch.nn.init.kaiming_uniform_(ref, a=math.sqrt(5))
+    assert float(ref.abs().max()) <= bound and float(ref.abs().max()) > 0.99 * bound
+    wide = P.LoRA(d, d, r, fan_in="input").A.detach()
+    assert float(wide.abs().max()) <= 1 / math.sqrt(d)
+
+
+def test_lr_schedule_is_stepped_per_epoch_as_lift():
+    """pel_lr_step=epoch: the lr of epoch e is CosineAnnealingLR(T_max=E) after e scheduler steps, for every step."""
+    epochs, lr = 5, 0.01
+    cfg = config.from_params({"method": "pel", "schedule": "cosine", "lr": lr, "epochs": epochs})
+    assert cfg.pel.pel_lr_step == "epoch"
+    schedule = pel.lr_schedule(cfg)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for e in range(epochs):
+        for frac in (0.25, 1.0):
+            assert lr * schedule(e, frac) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step()
+        sched.step()
+    assert pel.lr_schedule(config.from_params({"method": "pel", "pel_lr_step": "step"})) is None
+    with pytest.raises(config.ConfigError, match="warm-up"):
+        pel.lr_schedule(config.from_params({"method": "pel", "schedule": "cosine", "warmup_epochs": 1.0}))
 
 
 def test_adaptformer_parameter_counts_of_vit_b16():
@@ -273,6 +326,9 @@ def test_zeroshot_and_cached_linear_probe(tmp_path):
     probe = tiny_pel(tmp_path, pel_peft="linear_probe", name="probe", lr=0.02)
     res = pel.run(config.from_params(probe))
     assert res["features"].startswith("cached") and res["trainable_params"]["tower"] == 0
+    logged = [json.loads(line) for line in (config.from_params(probe).run_path() / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in logged if "lr" in r]  # epoch-wise cosine over 2 epochs: 0.02, then 0.01
+    assert lrs == pytest.approx([0.02, 0.01])
     files = sorted(p.name for p in cache.glob("*.safetensors"))
     assert len(files) == 4  # zero-shot (projected) test + train, test, test-TTE of the pre-projection feature
     res2 = pel.run(config.from_params({**probe, "lr": 0.05, "name": "probe2"}))  # features come from the cache

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from conftest import tiny_params
 from ltr_core import config, runner
@@ -137,7 +138,7 @@ def test_anss_losses_match_the_formula_and_keep_the_lowest():
 
 def _head(c=4, m=3, d=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    anchors = F.normalize(torch.randn(c, m, d, generator=g), dim=-1)
+    anchors = torch.randn(c, m, d, generator=g) * torch.rand(c, m, 1, generator=g).mul(4).add(0.5)  # raw norms
     mask = torch.ones(c, m, dtype=torch.bool)
     mask[1, 2] = False
     return V.LGRHead(anchors * mask[..., None], mask, scale=100.0)
@@ -146,10 +147,10 @@ def _head(c=4, m=3, d=6, seed=0):
 def test_lgr_head_identity_init_and_linguistic_logits_against_a_direct_computation():
     head = _head()
     assert torch.equal(head.w_q.weight, torch.eye(6)) and torch.equal(head.w_k.weight, torch.eye(6))
-    assert torch.equal(head.w_q.bias, torch.zeros(6)) and torch.equal(head.w_k.bias, torch.zeros(6))
+    assert head.w_q.bias is None and head.w_k.bias is None  # VL-LTR Attention(qkv_bias=False)
     with torch.no_grad():
         head.w_q.weight.add_(0.1 * torch.randn(6, 6))  # any W_q, W_k: the fast path must match
-        head.w_k.bias.add_(0.1)
+        head.w_k.weight.add_(0.1 * torch.randn(6, 6))
     f = torch.randn(5, 6)
     a = head.attention(f)
     assert torch.allclose(a.sum(-1), torch.ones(5, 4)) and torch.all(a[:, 1, 2] == 0)  # the padded anchor
@@ -167,6 +168,30 @@ def test_lgr_head_identity_init_and_linguistic_logits_against_a_direct_computati
     assert torch.allclose(z[:, 1], expected, atol=1e-4)
     assert torch.allclose(z[:, 0], head.visual(f))
     assert [type(m).__name__ for m in head.visual] == ["Linear", "ReLU", "Linear"] and head.visual[0].out_features == 24
+
+
+def test_lgr_values_are_the_raw_anchor_embeddings_by_hand():
+    """One class, anchors t1 = (2, 0), t2 = (0, 1) (raw, not normalised), f = (1, 1): LN(f) = 0, so the
+    attention is uniform, v = (1, 0.5) and z^l = s (1·1 + 1·0.5) / (√2 · √1.25) = s · 0.948683...
+    (with normalised anchors v would be (0.5, 0.5) and z^l = s)."""
+    anchors = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    head = V.LGRHead(anchors, torch.ones(1, 2, dtype=torch.bool), scale=14.3)
+    z = head.linguistic_logits(torch.tensor([[1.0, 1.0]]))
+    assert torch.allclose(head.attention(torch.tensor([[1.0, 1.0]])), torch.tensor([[[0.5, 0.5]]]))
+    assert z.item() == pytest.approx(14.3 * 1.5 / (math.sqrt(2) * math.sqrt(1.25)), rel=1e-5)
+    assert set(n for n, _ in head.named_parameters()) >= {"w_q.weight", "w_k.weight"}
+    assert not any(n.endswith(("w_q.bias", "w_k.bias")) for n, _ in head.named_parameters())
+
+
+def test_lgr_scale_is_the_cvlp_logit_scale_unless_fixed(tmp_path):
+    base = dict(tiny_params(tmp_path), method="vlltr", clip_model="ltr-tiny-vit")
+    anchors = method.Anchors(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool),
+                             torch.ones(1, 1, 2), torch.zeros(1), {}, scale=42.5)
+    assert config.from_params(base).vlltr.vlltr_lgr_scale == 0.0
+    assert method.lgr_scale(config.from_params(base), anchors) == 42.5
+    assert method.lgr_scale(config.from_params({**base, "vlltr_lgr_scale": 100.0}), anchors) == 100.0
+    with pytest.raises(method.VLLTRError, match="vlltr_lgr_scale"):
+        method.check_config(config.from_params({**base, "vlltr_lgr_scale": -1.0}))
 
 
 def test_prediction_is_the_alpha_mixture_and_training_sees_both_branches():
@@ -245,6 +270,11 @@ def test_notebook_runs_stage1_anss_stage2_under_papermill(notebook_run):
         assert (run_dir / f).is_file(), f
     assert (tmp / "figures" / f"alpha_sweep_{cfg.run_id}.png").is_file()
     assert list((run_dir / "stage1" / "features").glob("text-*.safetensors"))
+    assert v["lgr_scale"] == pytest.approx(v["anss"]["scale"])  # exp(logit_scale) of the CVLP model
+    saved = load_file(str(run_dir / "model.safetensors"))
+    assert "head.w_q.weight" in saved and "head.w_q.bias" not in saved
+    norms = saved["head.anchors"].norm(dim=-1)[saved["head.anchor_mask"]]
+    assert not torch.allclose(norms, torch.ones_like(norms))  # raw text embeddings, not normalised
 
 
 def test_second_stage_from_an_existing_stage1_run(notebook_run):
@@ -288,8 +318,6 @@ def test_vlltr_params_and_suite_validate():
 
 
 def test_online_stage2_fine_tunes_the_encoder_with_mixup(notebook_run):
-    from safetensors.torch import load_file
-
     from ltr_core.config import load_params
 
     tmp, ov, outcome = notebook_run

@@ -11,7 +11,9 @@ re-balances only the classifier on the frozen stage-1 backbone f(x), chosen by `
   (init 1) trained like cRT.
 * ``tau_norm`` — no training: z_c = w_c·f / ‖w_c‖^τ (bias dropped), τ swept over ``decouple_tau_grid``.
 * ``posthoc_la`` — no training: z = W f + b − τ log π (π the training prior), τ swept.
-* ``ncm``  — nearest class mean: z_c = cos(f, μ_c), μ_c the mean stage-1 training feature of class c.
+* ``ncm``  — nearest class mean (``ncm_metric``): ``cl2n_l2`` (classifier-balancing's default, the 47.3 on
+  ImageNet-LT) z_c = −‖x̂ − c_c‖², x̂ = (f − μ)/‖f − μ‖ with μ the mean training feature and c_c the mean
+  of the x̂ of class c; ``cosine`` z_c = cos(f, μ_c), μ_c the mean raw training feature of class c.
 
 cRT/LWS run ``online`` by default (images through the frozen backbone with train-time augmentation;
 ``crt_bn_mode=train`` lets BatchNorm running statistics keep updating as classifier-balancing does, ``eval``
@@ -46,7 +48,7 @@ from ..data.samplers import build_sampler
 from ..features import FeatureLoader, cached_features, weights_digest
 from ..losses import build_loss
 from ..models import Classifier, build_model
-from ..models.heads import CosineHead, LinearHead, LWSHead, tau_normalized
+from ..models.heads import LinearHead, LWSHead, tau_normalized
 from ..results import RunDir
 from ..stages import StageError, load_run_config, load_weights, require_complete, resolve_run
 from ..study import (Evaluation, add_open_set_metrics, completed_results, evaluate_logits, predict_split, prepare_run_dir,
@@ -56,6 +58,7 @@ NOTEBOOK = "decouple.ipynb"
 DEFAULT_TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
 TRAINED_MODES = ("crt", "lws")
 SWEEP_MODES = ("tau_norm", "posthoc_la")
+NCM_METRICS = ("cl2n_l2", "cosine")
 # data keys that must agree with stage 1 (they define the training set the backbone saw)
 MATCHING_DATA_KEYS = ("dataset", "imbalance_ratio", "lt_profile", "lt_seed", "n_max", "image_size",
                       "digits_test_per_class")
@@ -96,9 +99,54 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return (sums / counts[:, None]).float()
 
 
-def ncm_logits(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """z_c = cos(f, μ_c)."""
-    return nn.functional.normalize(features, dim=1) @ nn.functional.normalize(means, dim=1).T
+def centred_l2n(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """x̂ = (f − μ) / ‖f − μ‖₂ (classifier-balancing ``feat_type='cl2n'``)."""
+    return nn.functional.normalize(features - mean, dim=1)
+
+
+def ncm_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  metric: str = "cl2n_l2") -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ, centroids [C, D]) of the training features for :func:`ncm_logits`.
+
+    cl2n_l2: μ = mean of all training features (over samples), c_c = mean_{i: y_i = c} x̂_i, the mean of
+    the centred and L2-normalised features (not re-normalised; classifier-balancing
+    ``get_knncentroids`` ``cl2ncs``). cosine: μ = 0, c_c = mean raw feature of class c.
+    """
+    if metric not in NCM_METRICS:
+        raise ValueError(f"ncm_metric must be one of {NCM_METRICS}, got {metric!r}")
+    if metric == "cosine":
+        return torch.zeros(features.shape[1]), class_means(features, labels, num_classes)
+    mean = features.double().mean(0).float()
+    return mean, class_means(centred_l2n(features, mean), labels, num_classes)
+
+
+def ncm_logits(features: torch.Tensor, centroids: torch.Tensor, metric: str = "cl2n_l2",
+               mean: torch.Tensor | None = None) -> torch.Tensor:
+    """NCM logits (Kang et al., ICLR 2020, nearest class mean classifier).
+
+    cl2n_l2 (classifier-balancing ``KNNClassifier(feat_type='cl2n', dist_type='l2')``):
+    z_c = −‖x̂ − c_c‖², x̂ = (f − μ)/‖f − μ‖; cosine: z_c = cos(f, c_c).
+    """
+    if metric == "cosine":
+        return nn.functional.normalize(features, dim=1) @ nn.functional.normalize(centroids, dim=1).T
+    if metric != "cl2n_l2":
+        raise ValueError(f"ncm_metric must be one of {NCM_METRICS}, got {metric!r}")
+    x = centred_l2n(features, torch.zeros(features.shape[1]) if mean is None else mean.to(features))
+    c = centroids.to(x)
+    return -((x * x).sum(1, keepdim=True) + (c * c).sum(1)[None, :] - 2.0 * x @ c.T)
+
+
+class NCMHead(nn.Module):
+    """The NCM classifier as a head: :func:`ncm_logits` with fixed (buffer) μ and centroids."""
+
+    def __init__(self, centroids: torch.Tensor, mean: torch.Tensor, metric: str = "cl2n_l2"):
+        super().__init__()
+        self.metric = metric
+        self.register_buffer("centroids", centroids.detach().clone().float())
+        self.register_buffer("feature_mean", mean.detach().clone().float())
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return ncm_logits(f, self.centroids, self.metric, self.feature_mean)
 
 
 def epoch_lr_schedule(cfg: RunConfig) -> Callable[[int, float], float]:
@@ -300,11 +348,12 @@ def _post_hoc(cfg: RunConfig, data: LTData, model: Classifier, stage1_dir: RunDi
     labels = {s: feats[s]["labels"] for s in evaluated}
     info: dict = {"variant": "post-hoc on cached stage-1 features (no training)", "epochs": 0}
     if mode == "ncm":
-        means = class_means(feats["train"]["features"], feats["train"]["labels"], data.num_classes)
-        logits = ncm_logits(feats[cfg.data.eval_split]["features"], means)
-        head = CosineHead(means.shape[1], data.num_classes, scale=1.0)
-        head.weight.data.copy_(means)
-        info["selection"] = "training-free (class means of the stage-1 train features)"
+        metric = cfg.decouple.ncm_metric
+        mean, centroids = ncm_centroids(feats["train"]["features"], feats["train"]["labels"], data.num_classes, metric)
+        head = NCMHead(centroids, mean, metric)
+        logits = head(feats[cfg.data.eval_split]["features"])
+        info.update({"ncm_metric": metric,
+                     "selection": f"training-free (class means of the stage-1 train features, {metric})"})
     else:
         with torch.no_grad():
             stage1_logits = {s: model.head(feats[s]["features"]) for s in evaluated}

@@ -11,9 +11,10 @@ the direct features f of the whole train split (evaluation transform, stage-2 ne
 loading: identity attention, fresh fc if stage 1 had none); then train
     gamma = 10 / min_c ||f - M_c||;  o = softmax(W_h f);  e = tanh(W_s f)
     v = gamma * (f + e * (o @ M));   logits = 16 * |v|/(1+|v|) * cos(v, W)
-    loss = CE(logits, y) + 0.01 * (L_att(v, M) + 0.01 * L_rep(v, M))
-(the centroid loss on v_meta as the paper's Eq. 7, ``oltr_centroid_input`` = meta, the default; ``direct``
-puts it on f as the original code does)
+    loss = CE(logits, y) + 0.01 * (L_att(f, M) + 0.01 * L_rep(f, M))
+(the centroid loss on the direct feature f as the original code does, ``oltr_centroid_input`` = direct, the
+default: ``run_networks.py`` calls ``FeatureLoss(self.features, labels)``; ``meta`` puts it on v_meta as the
+paper's Eq. 7)
 with SGD groups: feature model (backbone, attention, fc) ``oltr_feature_lr``, classifier (hallucinator,
 selector, cosine classifier) ``lr``, centroids ``oltr_centroid_lr`` (updated only by the centroid loss),
 one schedule for all. Evaluation: closed-set metrics and, where the dataset has an open split, the

@@ -11,7 +11,8 @@ default) and a cosine classifier on the feature **before** the visual projection
     t_c = normalize(TextEnc("a photo of a {class}."))          P: the visual projection [width, embed]
     L = CE(z + τ log π, y),  τ = 1  (logit adjustment, π the training class prior)
 
-trained with SGD (lr 0.01, momentum 0.9, wd 5e-4, batch 128, cosine, 10 epochs; 20 on iNat18),
+trained with SGD (lr 0.01, momentum 0.9, wd 5e-4, batch 128, cosine stepped per epoch as the original's
+``CosineAnnealingLR(T_max=epochs)`` (``pel_lr_step``), 10 epochs; 20 on iNat18),
 RandomResizedCrop + flip at CLIP's input size with CLIP's mean/std, and evaluated at the last
 epoch with test-time ensembling (resize to S + 24, five crops, logits averaged; ``pel_tte``) —
 the metrics without TTE are recorded too (``metrics.no_tte``; equal to the headline when TTE is off). Only the tuners and the classifier
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import engine
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..data import LTData, make_loader
 from ..data.base import DataError
 from ..data.device_loader import DeviceTensorLoader
@@ -187,6 +188,20 @@ def build_model(cfg: RunConfig, clip: Clip, data: LTData, device) -> tuple[ClipC
     return model, counts
 
 
+def lr_schedule(cfg: RunConfig) -> Callable[[int, float], float] | None:
+    """The lr factor for ``engine.fit``: ``pel_lr_step=epoch`` (PEL/LIFT, ``CosineAnnealingLR(T_max=E)``
+    stepped after every epoch) holds epoch e at the schedule's value at its start, for the cosine
+    factor(e) = ½ (1 + cos(π e / E)) (epoch 0 at the peak lr, never 0); ``step``: None, the engine's
+    per-step schedule (factor at e + fraction of the epoch done).
+    """
+    if cfg.pel.pel_lr_step == "step":
+        return None
+    if cfg.optim.warmup_epochs > 0:
+        raise ConfigError("pel_lr_step=epoch (PEL/LIFT: the lr moves once per epoch) has no warm-up; "
+                          "set warmup_epochs: 0.0, or pel_lr_step: step")
+    return lambda epoch, frac: engine.lr_factor(epoch, 0.0, cfg.optim, cfg.train.epochs)
+
+
 # ----------------------------------------------------------------------------------------------
 # loaders
 
@@ -321,6 +336,8 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     done = completed_results(cfg)
     if done is not None:
         return done
+    if cfg.run.method == "pel":
+        lr_schedule(cfg)  # a warm-up with the epoch-wise schedule fails before anything is written
     run_dir, chash, device, data = begin_run(cfg, data)
     clip = load_run_clip(cfg, device)
     clip.model.requires_grad_(False)
@@ -358,7 +375,8 @@ def run_finetune(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chas
         last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
         return _scalars(last[0].metrics)
 
-    fit = engine.fit(model, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
+    fit = engine.fit(model, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
+                     lr_schedule=lr_schedule(cfg))
     ev = _last_epoch_evaluation(cfg, last, evaluate)
     if cfg.pel.pel_tte:
         plain = eval_loader(cfg, data, cfg.data.eval_split, device, tte=False)
@@ -394,7 +412,8 @@ def run_cached_probe(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, 
         last[:] = [Evaluation(epoch, logits, test["labels"], evaluate_logits(logits, test["labels"], data, cfg))]
         return _scalars(last[0].metrics)
 
-    fit = engine.fit(head, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate)
+    fit = engine.fit(head, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
+                     lr_schedule=lr_schedule(cfg))
     ev = _last_epoch_evaluation(cfg, last, evaluate)
     if cfg.pel.pel_tte:
         plain = views[False]

@@ -136,6 +136,8 @@ def check_config(cfg: RunConfig) -> None:
         raise VLLTRError(f"vlltr_distill_weight (beta) must be in [0, 1], got {v.vlltr_distill_weight}")
     if v.vlltr_anchors < 1 or v.vlltr_max_tokens < 1 or v.vlltr_anss_per_class < 0:
         raise VLLTRError("vlltr_anchors and vlltr_max_tokens must be >= 1, vlltr_anss_per_class >= 0")
+    if v.vlltr_lgr_scale < 0:
+        raise VLLTRError(f"vlltr_lgr_scale must be >= 0 (0: exp(logit_scale) of the CVLP model), got {v.vlltr_lgr_scale}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,15 +190,18 @@ def _decay_groups(named, lr: float, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def encode_tokens(model: nn.Module, tokens: torch.Tensor, device, precision: str = "auto", batch: int = 1024) -> torch.Tensor:
-    """Normalised text embeddings [S, d] (float32, on ``device``) of token rows through ``model.encode_text``."""
+def encode_tokens(model: nn.Module, tokens: torch.Tensor, device, precision: str = "auto", batch: int = 1024,
+                  normalize: bool = True) -> torch.Tensor:
+    """Text embeddings [S, d] (float32, on ``device``) of token rows through ``model.encode_text``,
+    L2-normalised unless ``normalize=False``."""
     dtype = engine.autocast_dtype(precision, torch.device(device))
     out = []
     was = model.training
     model.eval()
     for i in range(0, tokens.shape[0], batch):
         with engine.autocast(torch.device(device), dtype):
-            out.append(F.normalize(model.encode_text(tokens[i:i + batch].to(device)).float(), dim=-1))
+            emb = model.encode_text(tokens[i:i + batch].to(device)).float()
+        out.append(F.normalize(emb, dim=-1) if normalize else emb)
     model.train(was)
     return torch.cat(out)
 
@@ -354,17 +359,19 @@ def image_features(cfg: RunConfig, lt: LTData, stage1: Stage1, split: str, *, ca
 
 
 def text_features(cfg: RunConfig, text: ClassText, stage1: Stage1, *, device=None) -> dict[str, torch.Tensor]:
-    """{"features": [S, d] normalised, "labels": [S]} of every sentence through the CVLP text tower (cached)."""
+    """{"features": [S, d] normalised (AnSS), "raw": [S, d] un-normalised (the LGR anchors), "labels": [S],
+    "scale": [exp(logit_scale)]} of every sentence through the CVLP text tower (cached)."""
     device = device or engine.resolve_device(cfg.run.device)
     sentences, labels = text.flat()
-    desc = {"what": "clip text embedding (normalised)", "towers": stage1.key(cfg), "sentences": _digest(sentences),
-            "labels": _digest(labels)}
+    desc = {"what": "clip text embedding (raw and normalised)", "towers": stage1.key(cfg),
+            "sentences": _digest(sentences), "labels": _digest(labels)}
 
     def compute():
         clip = stage1.load(cfg, device)
-        feats = encode_tokens(clip.model, clip.tokenizer(sentences), device, cfg.train.precision)
+        raw = encode_tokens(clip.model, clip.tokenizer(sentences), device, cfg.train.precision, normalize=False)
         scale = torch.tensor([float(clamped_scale(clip.model.logit_scale).detach())])
-        return {"features": feats.cpu(), "labels": torch.as_tensor(labels, dtype=torch.long), "scale": scale}
+        return {"features": F.normalize(raw, dim=-1).cpu(), "raw": raw.cpu(),
+                "labels": torch.as_tensor(labels, dtype=torch.long), "scale": scale}
 
     return cached_features(stage1.directory, "text", desc, compute)
 
@@ -376,13 +383,15 @@ def text_features(cfg: RunConfig, text: ClassText, stage1: Stage1, *, device=Non
 @dataclass
 class Anchors:
     """Anchor sentences: ``index`` [C, k] into the flat sentence list (-1 = pad), ``mask``, ``embeddings``
-    [C, k, d], every sentence's L_lin (``losses``) and what results record."""
+    [C, k, d] (raw, un-normalised CVLP text embeddings), every sentence's L_lin (``losses``), what results
+    record, and ``scale`` = exp(logit_scale) of the CVLP model (AnSS and the LGR linguistic scale)."""
 
     index: torch.Tensor
     mask: torch.Tensor
     embeddings: torch.Tensor
     losses: torch.Tensor
     record: dict
+    scale: float
 
     def table(self, text: ClassText, classes=None, per_class: int = 3):
         """DataFrame of the best anchors (class, rank, L_lin, sentence) for display."""
@@ -421,7 +430,7 @@ def select_anchor_sentences(cfg: RunConfig, lt: LTData, text: ClassText, stage1:
               "per_class_cap": v.vlltr_anss_per_class, "k": v.vlltr_anchors, "scale": scale,
               "min_anchors": int(kept.min()), "classes_padded": int((kept < v.vlltr_anchors).sum()),
               "mean_L_lin_kept": float(losses[index[mask]].mean()), "mean_L_lin_all": float(losses.mean())}
-    return Anchors(index, mask, gather_anchors(txt["features"], index), losses, record)
+    return Anchors(index, mask, gather_anchors(txt["raw"], index), losses, record, scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,6 +499,11 @@ def _deviations(cfg: RunConfig) -> list[str]:
     return out
 
 
+def lgr_scale(cfg: RunConfig, anchors: Anchors) -> float:
+    """s_l of z^l = s_l cos(f, v_c): ``vlltr_lgr_scale`` if > 0, else exp(logit_scale) of the CVLP model (original)."""
+    return cfg.vlltr.vlltr_lgr_scale if cfg.vlltr.vlltr_lgr_scale > 0 else float(anchors.scale)
+
+
 def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anchors: Anchors, *, device=None) -> dict:
     """Train and evaluate the LGR head; writes the run's results.json (skipped when complete)."""
     check_config(cfg)
@@ -516,7 +530,8 @@ def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anch
         train_loader = FeatureLoader(tr["features"], tr["labels"], batch_size=cfg.train.batch_size, device=device,
                                      sampler=sampler)
         eval_loader = FeatureLoader(ev["features"], ev["labels"], batch_size=cfg.train.eval_batch_size, device=device)
-    head = LGRHead(anchors.embeddings, anchors.mask, scale=v.vlltr_lgr_scale, detach_text_norm=v.vlltr_detach_text_norm)
+    head = LGRHead(anchors.embeddings, anchors.mask, scale=lgr_scale(cfg, anchors),
+                   detach_text_norm=v.vlltr_detach_text_norm)
     model = LGRModel(head, v.vlltr_alpha, encoder, train_encoder=v.vlltr_train_visual)
     criterion = LGRLoss(cfg.loss.label_smoothing)
     mixing = online and (v.vlltr_mixup > 0 or v.vlltr_cutmix > 0)
@@ -560,6 +575,7 @@ def run_stage2(cfg: RunConfig, lt: LTData, text: ClassText, stage1: Stage1, anch
         "vlltr": {
             "text_set": TEXT_SET_NOTE, "class_text": text.record(), "stage1": stage1.record, "anss": anchors.record,
             "alpha": v.vlltr_alpha, "stage2_input": v.vlltr_stage2_input, "train_visual": v.vlltr_train_visual,
+            "lgr_scale": lgr_scale(cfg, anchors),
             "branch_top1": {"visual": sweep[-1]["top1"], "linguistic": sweep[0]["top1"]},
             "alpha_sweep": sweep, "alpha_sweep_note": f"on the {cfg.data.eval_split} split (diagnostic; α is fixed)",
             "deviations": _deviations(cfg),

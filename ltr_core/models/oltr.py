@@ -18,7 +18,7 @@ written from the formulas of methods.md §3.1 (the algorithm as the original cod
   ``grad_scaled``, as in the original code) and
   L_rep = max(0, 10 - sum_i sum_{j != y_i} ||f_i - M_j||^2 / (B C)) (plain autograd).
   Stage-2 objective: CE(logits, y) + 0.01 (L_att + 0.01 L_rep) (:class:`OLTRLoss`), the centroid loss on
-  v_meta (``centroid_input="meta"``, the paper's Eq. 7, default) or on f (``"direct"``, the original code).
+  f (``centroid_input="direct"``, the original code, default) or on v_meta (``"meta"``, the paper's Eq. 7).
 
 Everything is device-agnostic; the centroid memory is a parameter of :class:`OLTRModel` (so checkpoints
 hold it and DDP all-reduces its gradient); the classifier only sees a detached copy, so CE never moves M.
@@ -295,9 +295,10 @@ def discriminative_centroid_loss(feat: torch.Tensor, labels: torch.Tensor, centr
 
 
 class OLTRLoss(nn.Module):
-    """Stage-2 objective: CE(logits, y) + weight * (L_att + 0.01 L_rep) on v_meta (``meta``, default) or f (``direct``)."""
+    """Stage-2 objective: CE(logits, y) + weight * (L_att + 0.01 L_rep) on f (``direct``, the original code,
+    default) or on v_meta (``meta``, the paper's Eq. 7)."""
 
-    def __init__(self, weight: float = 0.01, centroid_input: str = "meta", grad_scaled: bool = False):
+    def __init__(self, weight: float = 0.01, centroid_input: str = "direct", grad_scaled: bool = False):
         super().__init__()
         if centroid_input not in ("direct", "meta"):
             raise OLTRError(f"centroid_input must be direct or meta, got {centroid_input!r}")

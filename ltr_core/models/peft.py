@@ -7,12 +7,13 @@ entering a transformer block and L the number of blocks:
 
 * ``adaptformer`` (PEL/LIFT default; Chen et al., NeurIPS 2022), parallel to every MLP:
   h' = h + MLP(LN2(h)) + s · Up(ReLU(Down(LN_a(h)))), own LayerNorm LN_a, Down d→r
-  (Kaiming-normal, zero bias), Up r→d **zero-initialised**, learnable scalar s (init 1):
-  the tower is unchanged at init;
+  (Kaiming-normal with a = √5 as PEL/LIFT ``peft_modules.py``: N(0, 1/(3d)); zero bias), Up r→d
+  **zero-initialised**, learnable scalar s (init 1): the tower is unchanged at init;
 * ``adapter`` (Houlsby et al., ICML 2019), sequential on the MLP output:
   m = MLP(LN2(h)), m' = m + Up(ReLU(Down(LN_a(m)))) (Up zero-initialised, no scale): unchanged at init;
 * ``lora`` (Hu et al., ICLR 2022) on the query and value projections:
-  q = W_q x + (1/r) B_q A_q x, v likewise; A Kaiming-uniform, B = 0 (scaling 1/r, no α): unchanged at init;
+  q = W_q x + (1/r) B_q A_q x, v likewise; A ~ U(±1/√r) (PEL/LIFT's Kaiming-uniform, a = √5, on A stored
+  as [d, r], so fan-in = r), B = 0 (scaling 1/r, no α): unchanged at init;
 * ``vpt_shallow`` / ``vpt_deep`` (Jia et al., ECCV 2022): ``vpt_length`` (10) learnable tokens appended
   after the patch tokens at the first block (shallow) or replaced at every block (deep), dropped
   before pooling; init U(±√(6 / (3·p² + d))), p the patch size;
@@ -82,20 +83,31 @@ def count_parameters(params) -> int:
 # tuner modules
 
 
+DOWN_INITS = ("normal", "uniform")
+
+
 class Bottleneck(nn.Module):
     """y = s · Up(ReLU(Down(LN(x)))): AdaptFormer (learnable scalar s, init 1) or Adapter (s = 1 fixed).
 
-    Down d→r Kaiming-normal with zero bias; Up r→d zero-initialised, so y = 0 at init.
+    Down d→r with zero bias, Up r→d zero-initialised, so y = 0 at init. Down weight, fan-in d, gain
+    √(2/(1+a²)) = 1/√3 for a = √5:
+    ``normal`` (PEL/LIFT ``kaiming_normal_(a=√5)``, default): N(0, σ²), σ = 1/√(3d);
+    ``uniform`` (AdaptFormer's own code, Chen et al. NeurIPS 2022, ``kaiming_uniform_(a=√5)``): U(±1/√d),
+    the same variance 1/(3d).
     """
 
-    def __init__(self, dim: int, r: int, *, learnable_scale: bool, dtype=None, device=None):
+    def __init__(self, dim: int, r: int, *, learnable_scale: bool, down_init: str = "normal", dtype=None,
+                 device=None):
         super().__init__()
+        if down_init not in DOWN_INITS:
+            raise PeftError(f"down_init must be one of {DOWN_INITS}, got {down_init!r}")
         kw = {"dtype": dtype, "device": device}
         self.ln = nn.LayerNorm(dim, **kw)
         self.down = nn.Linear(dim, r, **kw)
         self.up = nn.Linear(r, dim, **kw)
         self.scale = nn.Parameter(torch.ones(1, **kw)) if learnable_scale else None
-        nn.init.kaiming_normal_(self.down.weight)
+        init = nn.init.kaiming_normal_ if down_init == "normal" else nn.init.kaiming_uniform_
+        init(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
@@ -105,14 +117,25 @@ class Bottleneck(nn.Module):
         return y * self.scale if self.scale is not None else y
 
 
-class LoRA(nn.Module):
-    """Δ(x) = (1/r) · B A x with A [r, d_in] Kaiming-uniform and B [d_out, r] = 0 (so Δ = 0 at init)."""
+LORA_FAN_INS = ("rank", "input")
 
-    def __init__(self, d_in: int, d_out: int, r: int, *, dtype=None, device=None):
+
+class LoRA(nn.Module):
+    """Δ(x) = (1/r) · B A x with A [r, d_in], B [d_out, r] = 0 (so Δ = 0 at init).
+
+    A ~ U(±1/√fan_in) (Kaiming-uniform, a = √5): ``fan_in="rank"`` (default) fan-in r, bound 1/√r, as
+    PEL/LIFT (``lora_A`` stored as [d_in, r], so ``kaiming_uniform_`` takes its fan-in from r);
+    ``"input"``: fan-in d_in, bound 1/√d_in (loralib / HF peft, A stored [r, d_in]).
+    """
+
+    def __init__(self, d_in: int, d_out: int, r: int, *, fan_in: str = "rank", dtype=None, device=None):
         super().__init__()
+        if fan_in not in LORA_FAN_INS:
+            raise PeftError(f"LoRA fan_in must be one of {LORA_FAN_INS}, got {fan_in!r}")
         self.A = nn.Parameter(torch.empty(r, d_in, dtype=dtype, device=device))
         self.B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(r if fan_in == "rank" else d_in)
+        nn.init.uniform_(self.A, -bound, bound)
         self.scaling = 1.0 / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,17 @@ Anchor sentence selection (AnSS). For sentence t of class c, over the images v_j
 
 and the M (64) sentences with the lowest L_lin are the anchors of class c (padded and masked when fewer).
 
-Stage 2, language-guided recognition (LGR) head on the image feature f (the projected CLIP embedding):
+Stage 2, language-guided recognition (LGR) head on the image feature f (the projected CLIP embedding),
+as ChangyaoTian/VL-LTR ``models/finetune.py`` (``Attention``, ``Block(op_type='two_branch')``, ``LGR``):
 
-    a_{c,m} = softmax_m( (W_q LN_q(f)) · (W_k LN_k(t_{c,m})) / √d )   (W_q, W_k identity-initialised, masked m)
-    v_c = Σ_m a_{c,m} t_{c,m},   z^l_c = s_l · cos(f, v_c)  (s_l = 100, fixed),   z^v = MLP(f)  (d → 4d → K, ReLU)
+    a_{c,m} = softmax_m( (W_q LN_q(f)) · (W_k LN_k(t_{c,m})) / √d )   (W_q, W_k bias-free, identity-initialised, masked m)
+    v_c = Σ_m a_{c,m} t_{c,m},   z^l_c = s_l · cos(f, v_c),   z^v = MLP(f)  (d → 4d → K, ReLU)
     L = CE(z^v, y) + CE(z^l, y);   p = α softmax(z^v) + (1 − α) softmax(z^l)   (α = 0.2; 0.7 on iNat).
+
+t_{c,m} are the **raw** (un-normalised) CVLP text embeddings of the anchors (the original's
+``txt_embed.npy``: ``encode_text`` outputs), used as keys (through LN_k) and as the attention values;
+s_l = exp(logit_scale) of the CVLP checkpoint, frozen (``use_norm=True`` loads ``logit_scale`` with the
+visual weights; 100 for an unchanged OpenAI CLIP).
 
 cos(f, v_c) is computed without materialising v_c ([B, C, d]): with P_{bcm} = f̂_b · t_{c,m} and the
 anchor Gram matrices G_c = T_c T_cᵀ, f̂·v_c = Σ_m a_{bcm} P_{bcm} and |v_c|² = a_bcᵀ G_c a_bc.
@@ -250,8 +256,10 @@ def gather_anchors(text: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class LGRHead(nn.Module):
     """Linguistic branch (attention over fixed anchors) + visual MLP branch; see the module doc.
 
-    ``forward(f)`` returns the branch logits stacked, [B, 2, K] (visual, linguistic).
-    ``detach_text_norm`` detaches |v_c| (VL-LTR's iNat variant with a trainable encoder).
+    ``anchors`` [C, M, d]: the raw CVLP text embeddings of the anchor sentences (zeros at padded slots);
+    ``scale``: s_l = exp(logit_scale) of the CVLP model. ``forward(f)`` returns the branch logits stacked,
+    [B, 2, K] (visual, linguistic). ``detach_text_norm`` detaches |v_c| (VL-LTR's iNat variant with a
+    trainable encoder).
     """
 
     def __init__(self, anchors: torch.Tensor, mask: torch.Tensor, *, scale: float = 100.0,
@@ -262,10 +270,9 @@ class LGRHead(nn.Module):
         self.register_buffer("anchor_mask", mask.bool())
         self.register_buffer("gram", torch.einsum("cmd,cnd->cmn", self.anchors, self.anchors), persistent=False)
         self.ln_q, self.ln_k = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.w_q, self.w_k = nn.Linear(d, d), nn.Linear(d, d)
+        self.w_q, self.w_k = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)  # qkv_bias=False
         for lin in (self.w_q, self.w_k):
             nn.init.eye_(lin.weight)
-            nn.init.zeros_(lin.bias)
         self.visual = nn.Sequential(nn.Linear(d, hidden_mult * d), nn.ReLU(inplace=True),
                                     nn.Linear(hidden_mult * d, num_classes))
         self.scale, self.detach_text_norm, self.dim = float(scale), bool(detach_text_norm), d
