@@ -21,6 +21,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ class RunSection:
     tensorboard: bool = True  # TensorBoard scalars under <run_dir>/tb
     save_logits: bool = True  # logits.npz of the evaluation split in the run directory
     init_run: str = ""  # a finished run (directory, or run id in this suite) whose weights start this one; "{seed}" -> seed
+    resume_from: str = ""  # a run directory whose last good checkpoint starts this (new) run, e.g. after a NaN stop with a lower lr
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class TrainSection:
     eval_every: int = 1  # evaluate every N epochs (the last epoch always); 0: last only
     max_steps_per_epoch: int = 0  # cap steps per epoch (smoke tests); 0: full epoch
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    drop_last: bool = False  # drop the last partial training batch: static shapes for graphs/compile (stated in results)
+    cudnn_benchmark: str = "auto"  # auto (on for CUDA with drop_last) | on | off
+    checkpoint_every: int = 1  # save the resume checkpoint every N epochs (and at the last); resume is exact either way
+    checkpoint_async: bool = False  # write checkpoints from a background thread after one flat device->host copy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,6 +347,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("step", "cosine", "constant"),
     "precision": ("auto", "bf16", "fp32"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "cudnn_benchmark": ("auto", "on", "off"),
     "eval_split": ("test", "val"),
     "clip_interpolation": ("bicubic", "bilinear"),
     "tailclip_mode": ("finetune", "zeroshot"),
@@ -369,13 +379,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # so moving the data or the results folder does not invalidate finished runs.
 NON_SEMANTIC_KEYS = frozenset(
     {"name", "suite", "results_root", "run_dir", "figures_dir", "device", "interactive", "tensorboard",
-     "data_root", "split_dir", "num_workers", "download", "cache_dir", "eval_batch_size", "vlltr_text_root"}
+     "data_root", "split_dir", "num_workers", "download", "cache_dir", "eval_batch_size", "vlltr_text_root",
+     "checkpoint_every", "checkpoint_async"}
 )
 
-# Core-section keys added after runs were recorded, with their default (as to_flat writes it): they
-# enter the config hash only when set to another value, so adding them left every earlier run's hash
-# (and the skipping / resuming of finished runs) unchanged.
-HASHED_WHEN_SET: dict[str, Any] = {"file_backend": "pil", "cache_size": 0, "open_classes": [], "open_theta": 0.1}
+# The run identity (:func:`config_hash`) covers the semantic keys whose value differs from its
+# default, plus SCHEMA_VERSION: adding a key (with a default that keeps the old behaviour) never changes
+# the hash of a finished run. Changing an existing default changes what every run that left the key at
+# its default computes, so it must bump SCHEMA_VERSION (tests/test_config.py checks the defaults
+# against tests/data/config_defaults.json and says so).
+SCHEMA_VERSION = 2
 
 # Notebook globals that are never parameters.
 _NOTEBOOK_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
@@ -529,8 +542,63 @@ def from_params(params: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
+# The allowed interval of each numeric key ("[" / "]" closed, "(" / ")" open); every numeric key not
+# named here must be >= 0 (NONNEGATIVE). A value outside is a ConfigError naming key, interval and value.
+NONNEGATIVE = "[0, inf)"
+RANGES: dict[str, str] = {
+    "imbalance_ratio": "[1, inf)", "rrc_scale_min": "(0, 1]", "digits_test_per_class": "[1, inf)",
+    "open_theta": "[0, 1]", "cosine_scale": "(0, inf)", "drop_rate": "[0, 1)", "label_smoothing": "[0, 1)",
+    "cb_beta": "[0, 1)", "ldam_scale": "(0, inf)", "drw_beta": "[0, 1)", "mislas_eps_head": "[0, 1)",
+    "mislas_eps_tail": "[0, 1)", "lr": "(0, inf)", "momentum": "[0, 1)", "adam_beta1": "[0, 1)",
+    "adam_beta2": "[0, 1)", "lr_gamma": "(0, 1]", "epochs": "[1, inf)", "batch_size": "[1, inf)",
+    "accum_steps": "[1, inf)", "eval_batch_size": "[1, inf)", "decouple_tau": "[-1, inf)",
+    "oltr_reach_scale": "(0, inf)", "livt_mgp_batch_size": "[1, inf)", "livt_mgp_accum_steps": "[1, inf)",
+    "livt_mgp_blr": "(0, inf)", "livt_mgp_beta2": "[0, 1)", "livt_mgp_rrc_scale_min": "(0, 1]",
+    "livt_mask_ratio": "[0, 1)", "livt_decoder_width": "[1, inf)", "livt_decoder_depth": "[1, inf)",
+    "livt_decoder_heads": "[1, inf)", "livt_layer_decay": "(0, 1]", "livt_drop_path": "[0, 1)",
+    "livt_randaug_prob": "[0, 1]", "livt_reprob": "[0, 1]", "livt_mixup_prob": "[0, 1]",
+    "livt_mixup_switch_prob": "[0, 1]", "pel_scale": "(0, inf)", "pel_tte_expand": "[0, inf)",
+    "vlltr_stage1_batch_size": "[1, inf)", "vlltr_contrast_smoothing": "[0, 1)", "vlltr_alpha": "[0, 1]",
+    "vlltr_max_tokens": "[1, inf)", "tailclip_val_fraction": "[0, 1)", "tailclip_label_smoothing": "[0, 1)",
+    "tailclip_clip": "[0, 1)", "tailclip_adam_eps": "(0, inf)", "dist_nproc": "[1, inf)", "checkpoint_every": "[1, inf)",
+}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in an interval written like ``"(0, 1]"``."""
+    lo_br, hi_br = interval[0], interval[-1]
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    above = value > lo or (lo_br == "[" and value == lo)
+    below = value < hi or (hi_br == "]" and value == hi)
+    return above and below
+
+
+def _check_numeric(flat: Mapping[str, Any]) -> None:
+    for key, value in flat.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        interval = RANGES.get(key, NONNEGATIVE)
+        if not (math.isfinite(value) and in_interval(value, interval)):
+            raise ConfigError(f"parameter {key!r} must be in {interval}, got {value!r}")
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Run names and suites become folder names under results_root: no separators, no '..', no absolute path."""
+    if cfg.run.name and not _SAFE_NAME.match(cfg.run.name):
+        raise ConfigError(f"parameter 'name' must be a plain folder name (letters, digits, _ . + = -, not "
+                          f"starting with '.'), got {cfg.run.name!r}")
+    parts = cfg.run.suite.split("/")
+    if not cfg.run.suite or not all(_SAFE_NAME.match(p) for p in parts):
+        raise ConfigError(f"parameter 'suite' must be a folder name under results_root (segments of letters, "
+                          f"digits, _ . + = -, joined by '/', no '..' or absolute path), got {cfg.run.suite!r}")
+
+
 def _check_ranges(cfg: RunConfig) -> None:
+    _check_numeric(to_flat(cfg))
+    _check_names(cfg)
     checks = [
+        (cfg.data.split_from_ir == 0 or cfg.data.split_from_ir >= 1, "split_from_ir must be 0 (off) or >= 1"),
         (cfg.train.epochs >= 1, "epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "batch_size must be >= 1"),
         (cfg.train.accum_steps >= 1, "accum_steps must be >= 1"),
@@ -575,14 +643,21 @@ def to_flat(cfg: RunConfig) -> dict[str, Any]:
     return flat
 
 
+def default_flat() -> dict[str, Any]:
+    """Every flat key with its default value (as :func:`to_flat` writes it)."""
+    return to_flat(RunConfig())
+
+
 def semantic_params(cfg: RunConfig) -> dict[str, Any]:
-    """The flat parameters that define what a run computes: every core-section key and the keys of
-    the family sections whose ``METHODS`` include ``cfg.run.method``, minus :data:`NON_SEMANTIC_KEYS`."""
+    """The flat parameters that define what a run computes and differ from their defaults: the
+    core-section keys and the keys of the family sections whose ``METHODS`` include ``cfg.run.method``,
+    minus :data:`NON_SEMANTIC_KEYS`, plus ``schema`` = :data:`SCHEMA_VERSION`."""
     keys = [f.name for name, cls in SECTIONS.items()
             if name in CORE_SECTIONS or cfg.run.method in cls.METHODS for f in dataclasses.fields(cls)]
-    flat = to_flat(cfg)
-    return {k: flat[k] for k in keys if k not in NON_SEMANTIC_KEYS
-            and not (k in HASHED_WHEN_SET and flat[k] == HASHED_WHEN_SET[k])}
+    flat, defaults = to_flat(cfg), default_flat()
+    out = {k: flat[k] for k in keys if k not in NON_SEMANTIC_KEYS and flat[k] != defaults[k]}
+    out["schema"] = SCHEMA_VERSION
+    return out
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -592,22 +667,12 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
-    """Read a flat params YAML file, resolving its optional ``base`` file(s) first."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a params file must be a flat mapping of key: value")
-    bases = raw.pop("base", [])
-    merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        merged.update(load_params(path.parent / base))
-    nested = [k for k, v in raw.items() if isinstance(v, dict)]
-    if nested:
-        raise ConfigError(f"{path}: params must be flat, but {nested} hold nested mappings")
-    merged.update(raw)
-    return merged
+    """Read a flat params YAML file, resolving its optional ``base`` file(s) first (relative to the file
+    that names them) and anchoring its relative paths to it: :func:`ltr_core.params.load_layered`. To
+    resolve a run (name, overrides, working folders) use :func:`ltr_core.params.resolve`."""
+    from .params import load_layered  # params imports this module
+
+    return load_layered(path)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

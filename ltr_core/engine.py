@@ -5,13 +5,13 @@
 * SGD (momentum, optional Nesterov) or AdamW; the learning rate is set every step from
   :func:`lr_factor` (linear warm-up, then step decay at epoch milestones or cosine annealing);
 * bf16 autocast on CUDA, fp32 on the CPU; gradient accumulation over micro-batches;
-  channels_last for CNNs on CUDA; optional ``torch.compile``;
+  channels_last for CNNs on CUDA; optional ``torch.compile`` (``compile_mode``), cuDNN autotuning;
 * deterministic: the global RNG is reseeded from (seed, epoch) at the start of every epoch and the
   loaders derive their order and augmentation from (seed, epoch), so a run resumed from the
   checkpoint of epoch e ends with the same weights and metrics as an uninterrupted run;
-* a checkpoint (weights as safetensors, optimizer state, a JSON state file written last as the
-  commit point) after every epoch; a non-finite loss stops training with
-  :class:`NonFiniteLossError` and leaves the last good checkpoint in place;
+* a crash-consistent checkpoint (:mod:`ltr_core.checkpoint`) every ``checkpoint_every`` epochs,
+  optionally from a background thread; a non-finite loss stops training with
+  :class:`NonFiniteLossError`, keeps the last good checkpoint and says how to go on (``resume_from``);
 * the running loss is accumulated on the device and read every ``NAN_CHECK_EVERY`` steps, so the
   inner loop does not wait on the host;
 * one log line per epoch (tqdm bars only when ``interactive``), ``metrics.jsonl`` and TensorBoard;
@@ -22,24 +22,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import dist as _dist
 from .config import RunConfig, config_hash
 from .models import is_cnn
-from .results import RunDir, atomic_write_text
+from .epochlog import EpochLogger, _progress, tb_tag  # noqa: F401 (the per-epoch log; engine.EpochLogger)
+from .checkpoint import AsyncCheckpointWriter, Checkpoint, CheckpointError  # noqa: F401 - engine.Checkpoint
+from .results import RunDir
 
 NAN_CHECK_EVERY = 25
 
@@ -59,10 +57,39 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA for ``auto``/``bf16``; None (fp32) on the CPU or for ``fp32``."""
+    """bf16 on CUDA for ``auto``/``bf16``; None (fp32) on the CPU or for ``fp32``.
+
+    ``auto`` stays fp32 on CPUs, also on those with native bf16 (:func:`cpu_has_native_bf16`: AVX-512 BF16
+    or AMX), until a CIFAR-10-LT CE run in bf16 has been shown to match fp32 within seed noise; on CPUs
+    without it bf16 autocast is emulated and ~15x slower (ResNet-32, 2-core AVX2 EPYC, ``ltr bench
+    --variants``). ``precision: bf16`` asks for it explicitly."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (AVX-512 BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def compiled(forward, cfg: RunConfig):
+    """``torch.compile`` of the forward (one graph per batch shape; ``compile_mode`` reduce-overhead =
+    CUDA graphs), or ``forward`` itself when ``compile`` is off."""
+    if not cfg.train.compile:
+        return forward
+    mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+    return torch.compile(forward, mode=mode, dynamic=False)
+
+
+def set_cudnn_benchmark(cfg: RunConfig, device: torch.device) -> bool:
+    """cuDNN autotuning: ``auto`` turns it on for CUDA runs with static shapes (``drop_last``)."""
+    on = cfg.train.cudnn_benchmark == "on" or (cfg.train.cudnn_benchmark == "auto" and cfg.train.drop_last)
+    on = on and device.type == "cuda"
+    torch.backends.cudnn.benchmark = on
+    return on
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -146,70 +173,54 @@ def use_channels_last(model: nn.Module, setting: str, device: torch.device) -> b
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints
+# resume
 
 
-class Checkpoint:
-    """``<run_dir>/checkpoint/``: model.safetensors, optim.pt, state.json (written last)."""
+def _resume(ckpt: Checkpoint, model, optimizer, device, chash: str, cfg: RunConfig,
+            result: FitResult) -> tuple[dict | None, bool]:
+    """Restore this run's own checkpoint, else (``resume_from``) another run's last good one; returns the
+    state restored (None: start from scratch) and whether it is this run's own. The peak lrs stay this
+    run's (``resume_from`` with ``--set lr=...`` after a NaN stop is the point)."""
+    base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    own = ckpt.load_state()
+    if own is not None:
+        if own.get("config_hash") != chash:
+            raise RuntimeError(f"{ckpt.dir} holds a checkpoint of a different config (hash {own.get('config_hash')}, "
+                               f"this run {chash}); delete the run directory or give the run another name")
+        state = ckpt.restore(model, optimizer, device)
+        result.origin = state.get("origin")
+        print(f"resuming {ckpt.dir.parent} after epoch {state['epoch']}", flush=True)
+    elif cfg.run.resume_from:
+        src = Checkpoint(RunDir(cfg.run.resume_from))
+        if src.load_state() is None:
+            raise CheckpointError(f"resume_from={cfg.run.resume_from!r} has no checkpoint ({src.dir}); "
+                                  f"name the run directory of the run that stopped")
+        state = src.restore(model, optimizer, device)
+        result.origin = {"run": str(cfg.run.resume_from), "epoch": state["epoch"],
+                         "config_hash": state.get("config_hash")}
+        print(f"starting from epoch {state['epoch']} of {cfg.run.resume_from} ({src.used})", flush=True)
+    else:
+        return None, False
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["initial_lr"] = base
+    result.train_seconds, result.images = state["train_seconds"], state["images"]
+    result.resumed_from = state["epoch"]
+    return state, own is not None
 
-    def __init__(self, run_dir: RunDir):
-        self.dir = Path(run_dir.path) / "checkpoint"
-        self.state_path = self.dir / "state.json"
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, self.dir / "model.safetensors")
-        tmp = self.dir / "optim.pt.tmp"
-        torch.save(optimizer.state_dict(), tmp)
-        os.replace(tmp, self.dir / "optim.pt")
-        atomic_write_text(self.state_path, json.dumps(state, indent=1))
-
-    def load_state(self) -> dict | None:
-        if not self.state_path.is_file():
-            return None
-        return json.loads(self.state_path.read_text())
-
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> None:
-        model.load_state_dict(load_file(str(self.dir / "model.safetensors"), device=str(device)))
-        if optimizer is not None:
-            optimizer.load_state_dict(torch.load(self.dir / "optim.pt", map_location=device, weights_only=True))
+def _recovery_advice(ckpt: Checkpoint, state: dict | None, run_dir: RunDir) -> str:
+    """What to do after a non-finite loss: a path that works (a changed lr is another config, so the run
+    itself cannot be resumed with it; ``resume_from`` starts a new run from the last good checkpoint)."""
+    if state is None:
+        return ("No checkpoint was written yet: lower lr, add warm-up or grad_clip, or check the data, and run "
+                "again (e.g. `ltr run PARAMS --set lr=0.05`).")
+    return (f"The checkpoint of epoch {state['epoch']} is kept in {ckpt.dir}. To go on from it with other "
+            f"settings: `ltr run PARAMS --set lr=<lower> --set resume_from={run_dir.path}` (a new run that starts "
+            f"from that checkpoint and records its origin); or add warm-up/grad_clip the same way.")
 
 
 # ----------------------------------------------------------------------------------------------
 # logging
-
-
-class EpochLogger:
-    """One record per epoch to metrics.jsonl, TensorBoard (optional) and one printed line."""
-
-    def __init__(self, run_dir: RunDir, tensorboard: bool):
-        self.run_dir = run_dir
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(Path(run_dir.path) / "tb"))
-            except ImportError:  # tensorboard is optional on bare GPU boxes
-                self.writer = None
-
-    def log(self, record: dict) -> None:
-        self.run_dir.append_metrics(record)
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
-                    self.writer.add_scalar(key, value, record["epoch"])
-            self.writer.flush()
-        shown = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-        )
-        print(shown, flush=True)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,19 +261,13 @@ class FitResult:
     images: int = 0
     epochs_run: int = 0
     resumed_from: int | None = None
+    origin: dict | None = None  # resume_from: the run and epoch whose checkpoint started this run
+    wall_seconds: float = 0.0  # this fit call end to end: training, evaluation and checkpoints
     history: list[dict] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.train_seconds if self.train_seconds > 0 else float("nan")
-
-
-def _progress(loader, enabled: bool, epoch: int):
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=f"epoch {epoch}", leave=False)
 
 
 def train_one_epoch(model, criterion, loader, optimizer, *, cfg: RunConfig, epoch: int, device: torch.device,
@@ -342,27 +347,19 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     forward = _dist.wrap_model(model, device, find_unused=cfg.dist.dist_find_unused)
-    forward = torch.compile(forward) if cfg.train.compile else forward
+    forward = compiled(forward, cfg)
+    set_cudnn_benchmark(cfg, device)
     main = _dist.is_main()  # only rank 0 writes metrics, TensorBoard and checkpoints
     ckpt = Checkpoint(run_dir)
     result = FitResult()
     chash = config_hash(cfg)
-    start_epoch = 0
-    state = ckpt.load_state()
-    if state is not None:
-        if state.get("config_hash") != chash:
-            raise RuntimeError(
-                f"{ckpt.dir} holds a checkpoint of a different config (hash {state.get('config_hash')}, "
-                f"this run {chash}); delete the run directory or give the run another name"
-            )
-        ckpt.restore(model, optimizer, device)
-        start_epoch = state["epoch"] + 1
-        result.train_seconds, result.images = state["train_seconds"], state["images"]
-        result.resumed_from = state["epoch"]
-        if main:
-            run_dir.truncate_metrics(state["epoch"])
-            print(f"resuming {run_dir.path} after epoch {state['epoch']}", flush=True)
+    state, own = _resume(ckpt, model, optimizer, device, chash, cfg, result)
+    start_epoch = state["epoch"] + 1 if state else 0
+    if main:  # records past the restored epoch (or all, on a fresh start) were written by a killed attempt
+        run_dir.truncate_metrics(state["epoch"] if own else -1)
     logger = EpochLogger(run_dir, cfg.run.tensorboard and main)
+    writer = AsyncCheckpointWriter(ckpt) if cfg.train.checkpoint_async else ckpt
+    fit_start = time.perf_counter()
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             torch.manual_seed(_dist.rank_seed(epoch_seed(cfg.run.seed, epoch)))
@@ -376,12 +373,7 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
                                                device=device, channels_last=channels_last, forward=forward,
                                                batch_transform=batch_transform, lr_schedule=lr_schedule)
             except NonFiniteLossError as err:
-                last = state["epoch"] if state else None
-                where = f"the checkpoint of epoch {last} in {ckpt.dir}" if last is not None else "no checkpoint yet"
-                raise NonFiniteLossError(
-                    f"{err}; training stopped, kept {where}. Lower lr, add warm-up or grad_clip, "
-                    f"or check the data, then run again to resume"
-                ) from None
+                raise NonFiniteLossError(f"{err}; training stopped. {_recovery_advice(ckpt, state, run_dir)}") from None
             _dist.sync_buffers(model)  # DDP: rank 0's BN statistics for evaluation and the checkpoint
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -396,11 +388,14 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
             if main:
                 logger.log(record)  # before the checkpoint: a resume truncates records past its epoch
             state = {"epoch": epoch, "config_hash": chash, "train_seconds": result.train_seconds,
-                     "images": result.images}
-            if main:
-                ckpt.save(model, optimizer, state)
+                     "images": result.images, "origin": result.origin}
+            if main and (last_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0):
+                writer.save(model, optimizer, state)
             result.history.append(record)
             result.epochs_run += 1
     finally:
+        if writer is not ckpt:
+            writer.close()
         logger.close()
+    result.wall_seconds = time.perf_counter() - fit_start
     return result

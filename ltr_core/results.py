@@ -1,4 +1,6 @@
-"""The run directory contract, ``results.json`` schema, suite collection and tables (conventions.md §5-6).
+"""The run directory contract and the ``results.json`` schema (conventions.md §5).
+
+Collecting runs: :mod:`ltr_core.collect`; tables: :mod:`ltr_core.tables`.
 
 A run lives in ``results/<suite>/<run_id>/``::
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import glob
 import io
 import json
 import math
@@ -33,14 +34,14 @@ import platform
 import socket
 import subprocess
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import yaml
+
+from . import faults
 
 REQUIRED_RESULT_KEYS: tuple[str, ...] = (
     "run_id", "dataset", "method", "seed", "config_hash", "metrics", "class_counts", "per_class",
@@ -48,19 +49,6 @@ REQUIRED_RESULT_KEYS: tuple[str, ...] = (
 )
 REQUIRED_METRIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
 REQUIRED_VERSION_KEYS: tuple[str, ...] = ("python", "torch", "ltr_core")
-
-# Table headers (conventions.md §6: Many | Medium | Few | All).
-DISPLAY_NAMES: dict[str, str] = {
-    "many": "Many", "medium": "Medium", "few": "Few", "top1": "All",
-    "mean_per_class": "Class mean", "ece": "ECE", "mce": "MCE", "macro_f1": "Macro-F1",
-    "worst_class": "Worst", "hmean": "H-mean", "gmean": "G-mean", "f_measure": "F",
-    "map": "mAP", "map_head": "Head", "map_medium": "Medium", "map_tail": "Tail",
-    "map_softmax": "mAP (softmax)",
-    "dataset": "Dataset", "method": "Method", "name": "Name", "n_seeds": "Seeds",
-    "no_tte_top1": "All (no TTE)", "pdc": "PDC",
-}
-LOWER_IS_BETTER = frozenset({"ece", "mce", "pdc"})
-DASH = "–"  # printed for an empty group / missing number (never 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,16 +65,26 @@ def _atomic_open(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run folder is shared as the umask says
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"before replace {path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    faults.point(f"after replace {path.name}")
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -230,6 +228,84 @@ def missing_result_keys(results: Mapping[str, Any]) -> list[str]:
         elif parent in results:
             missing += [f"{parent}.{k}" for k in keys]
     return missing
+
+
+class RunBusy(RuntimeError):
+    """Another live process holds this run directory's lock."""
+
+
+_HELD_LOCKS: dict[str, int] = {}  # resolved run dir -> open lock-file descriptor (this process)
+
+
+def acquire_run_lock(path: str | os.PathLike) -> None:
+    """Make this process the one writer of the run directory ``path`` (re-entrant within a process).
+
+    ``fcntl.flock`` on ``<path>/.lock``: the kernel releases it when the holder dies (also on SIGKILL),
+    so a crashed run never blocks the next one. The file records the holder (pid, host, start time,
+    command); a second process gets :class:`RunBusy` naming it. No-op where ``fcntl`` is missing.
+    """
+    key = str(Path(path).resolve())
+    if key in _HELD_LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    lock_path = Path(path) / ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
+        os.close(fd)
+        raise RunBusy(f"{path} is being written by another process ({holder}); wait for it to finish "
+                      f"(or stop it), then run again: a run directory has one writer at a time") from None
+    import sys
+    import time
+
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"{' '.join(sys.argv)[:300]}\n".encode())
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_lock(path: str | os.PathLike) -> None:
+    """Release this process's lock on ``path`` (no-op if not held)."""
+    fd = _HELD_LOCKS.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def release_all_run_locks() -> None:
+    for key in list(_HELD_LOCKS):
+        release_run_lock(key)
+
+
+ARCHIVE_DIR = ".archive"  # <results_root>/.archive/: runs moved aside (--force, stale inputs); never collected
+
+
+def archive_run_dir(path: str | os.PathLike, results_root: str | os.PathLike) -> Path | None:
+    """Move a run directory to ``<results_root>/.archive/<its path under results_root>-<time>/`` (one
+    rename; nothing is deleted) and return the new path; None if ``path`` does not exist. Reports never
+    look there, so an archived run is never counted in a table."""
+    import time
+
+    path, root = Path(path), Path(results_root)
+    if not path.exists():
+        return None
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path(path.name)
+    target = root / ARCHIVE_DIR / rel.parent / f"{rel.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{target.name.split('~')[0]}~{n}")
+        n += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target
 
 
 class RunDir:
@@ -379,257 +455,16 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# collecting a suite
+# moved: suite collection (ltr_core.collect) and tables (ltr_core.tables); the names other modules and
+# notebooks use from here still work
 
-BASE_COLUMNS = ("run_id", "dataset", "method", "seed", "name", "config_hash", "status")
-TAIL_COLUMNS = ("train_seconds", "images_per_second", "device", "path")
-EXTRA_SCALARS = ("loss", "model", "eval_split", "epochs", "selection", "stage")
-
-
-def _result_files(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """results.json files named by files, directories (searched recursively) or glob patterns."""
-    items = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
-    found: dict[Path, None] = {}
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            matches = sorted(p.glob("**/results.json"))
-        elif p.is_file():
-            matches = [p]
-        else:
-            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
-            matches = [m / "results.json" if m.is_dir() else m for m in matches]
-        for m in matches:
-            if m.is_file():
-                found[m.resolve()] = None
-    return list(found)
+_MOVED = {"collect": "collect", "run_name": "collect", "summary_table": "tables", "summary_numeric": "tables",
+          "write_tables": "tables", "format_mean_std": "tables"}
 
 
-def run_name(results: Mapping[str, Any]) -> str:
-    """``results["name"]``, else the <name> part of ``<dataset>-<method>-<name>-s<seed>``, else the run id."""
-    if results.get("name"):
-        return str(results["name"])
-    run_id = str(results.get("run_id", ""))
-    prefix = f"{results.get('dataset')}-{results.get('method')}-"
-    suffix = f"-s{results.get('seed')}"
-    if run_id.startswith(prefix) and run_id.endswith(suffix) and len(run_id) > len(prefix) + len(suffix):
-        return run_id[len(prefix):-len(suffix)]
-    return run_id
+def __getattr__(name: str) -> Any:  # PEP 562: lazy, so ltr_core.collect/tables can import this module
+    if name in _MOVED:
+        import importlib
 
-
-def _flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Scalars as they are (null -> NaN); one level of nested dicts as ``<key>_<sub>``; lists dropped."""
-    flat: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, Mapping):
-            for sub, v in value.items():
-                if not isinstance(v, (Mapping, list)):
-                    flat[f"{key}_{sub}"] = np.nan if v is None else v
-        elif not isinstance(value, list):
-            flat[key] = np.nan if value is None else value
-    return flat
-
-
-def _row(results: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    row = {k: results.get(k) for k in BASE_COLUMNS}
-    row["name"] = run_name(results)
-    row.update({k: results[k] for k in EXTRA_SCALARS if k in results})
-    metrics = results.get("metrics")
-    row.update(_flatten_metrics(metrics if isinstance(metrics, Mapping) else {}))
-    row.update({k: results.get(k) for k in TAIL_COLUMNS})
-    row["path"] = str(path.parent)
-    return row
-
-
-def collect(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike], *,
-            include_incomplete: bool = False, include_stages: bool = False) -> pd.DataFrame:
-    """One row per results.json: run_id, dataset, method, seed, name, config_hash, status, [loss, model,
-    eval_split, epochs, selection], every metrics key (nested dicts flattened as ``group_sizes_many``),
-    train_seconds, images_per_second, device, path (the run directory).
-
-    Accepts files, run/suite directories (searched recursively) and glob patterns (``**`` allowed).
-    Runs whose status is not "complete" (or whose results.json does not parse) are dropped with a warning
-    unless ``include_incomplete``. Results of intermediate stages of multi-stage runs (a ``stage`` key,
-    see :mod:`ltr_core.stages`) are left out unless ``include_stages``. Null metrics (empty groups) are
-    NaN. Rows are sorted by dataset, method, name, seed.
-    """
-    rows, skipped = [], []
-    for path in _result_files(paths_or_globs):
-        res = RunDir(path.parent).read_results()
-        if res is None:
-            skipped.append(f"{path} (unreadable)")
-            if include_incomplete:
-                rows.append({"status": "unreadable", "path": str(path.parent)})
-            continue
-        if res.get("stage") and not include_stages:
-            continue
-        if res.get("status") != "complete":
-            skipped.append(f"{path} (status {res.get('status')!r})")
-            if not include_incomplete:
-                continue
-        rows.append(_row(res, path))
-    if skipped and not include_incomplete:
-        warnings.warn(f"collect: skipped {len(skipped)} incomplete run(s): " + "; ".join(skipped), stacklevel=2)
-    df = pd.DataFrame(rows)
-    for col in (*BASE_COLUMNS, *TAIL_COLUMNS):
-        if col not in df.columns:
-            df[col] = pd.Series(dtype=object)
-    order = [*BASE_COLUMNS, *[c for c in df.columns if c not in BASE_COLUMNS and c not in TAIL_COLUMNS],
-             *TAIL_COLUMNS]
-    df = df[order]
-    if len(df):
-        df = df.sort_values(["dataset", "method", "name", "seed"], kind="stable", na_position="last")
-    return df.reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# tables
-
-
-def format_mean_std(mean: float, std: float, n: int, decimals: int = 1) -> str:
-    """"m ± s" with ``decimals`` decimals; only "m" for a single seed; "–" when there is no number."""
-    if n == 0 or mean is None or not np.isfinite(mean):
-        return DASH
-    if n == 1 or std is None or not np.isfinite(std):
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-
-
-def summary_numeric(df: pd.DataFrame, by: Sequence[str] = ("dataset", "method", "name"),
-                    metrics: Sequence[str] = ("many", "medium", "few", "top1")) -> pd.DataFrame:
-    """Per group of ``by``: ``<metric>`` = mean over seeds, ``<metric>_std`` (ddof=1, NaN for one seed),
-    ``<metric>_n`` (seeds with a finite value) and ``n_seeds`` (runs in the group). NaN values are ignored."""
-    by, metrics = list(by), [m for m in metrics if m in df.columns]
-    if "seed" in df.columns and df.duplicated([*by, "seed"]).any():
-        warnings.warn("summary: some (group, seed) pairs appear more than once; std mixes duplicates",
-                      stacklevel=2)
-    rows = []
-    for key, g in df.groupby(by, sort=False, dropna=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for m in metrics:
-            v = pd.to_numeric(g[m], errors="coerce").astype(float)
-            row[m] = v.mean()
-            row[f"{m}_std"] = v.std(ddof=1)
-            row[f"{m}_n"] = int(v.notna().sum())
-        row["n_seeds"] = len(g)
-        rows.append(row)
-    cols = [*by, *metrics, *[f"{m}_std" for m in metrics], *[f"{m}_n" for m in metrics], "n_seeds"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def summary_table(df: pd.DataFrame, by: Sequence[str] = ("dataset", "method", "name"),
-                  metrics: Sequence[str] = ("many", "medium", "few", "top1"), decimals: int = 1) -> pd.DataFrame:
-    """The ``by`` columns, one "mean ± std" string per metric (std over seeds, ddof=1; a single seed
-    prints the mean; no finite value prints "–") and ``n_seeds``. Same rows as :func:`summary_numeric`."""
-    num = summary_numeric(df, by, metrics)
-    metrics = [m for m in metrics if m in num.columns]
-    out = num[list(by)].copy()
-    for m in metrics:
-        out[m] = [format_mean_std(a, s, n, decimals) for a, s, n in zip(num[m], num[f"{m}_std"], num[f"{m}_n"])]
-    out["n_seeds"] = num["n_seeds"]
-    return out
-
-
-def _split_columns(summary_df: pd.DataFrame, numeric_df: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(label columns, metric columns) of a summary table."""
-    metrics = [c for c in summary_df.columns if c in numeric_df.columns and f"{c}_std" in numeric_df.columns]
-    labels = [c for c in summary_df.columns if c not in metrics and c != "n_seeds"]
-    return labels, metrics
-
-
-def _best_mask(values: pd.DataFrame, metrics: Sequence[str], decimals: int) -> pd.DataFrame:
-    """True where a cell equals its column's best value at the printed precision (ties all bold)."""
-    mask = pd.DataFrame(False, index=values.index, columns=list(metrics))
-    for m in metrics:
-        v = pd.to_numeric(values[m], errors="coerce").round(decimals)
-        if v.notna().any():
-            best = v.min() if m in LOWER_IS_BETTER else v.max()
-            mask[m] = v == best
-    return mask
-
-
-def _table_frames(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, published: pd.DataFrame | None,
-                  decimals: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str], list[str], int]:
-    """Display strings and numeric values of ours + published rows; label columns that vary; #ours."""
-    labels, metrics = _split_columns(summary_df, numeric_df)
-    shown = summary_df[labels + metrics].reset_index(drop=True).astype(object)
-    values = numeric_df[labels + metrics].reset_index(drop=True)
-    n_ours = len(shown)
-    varying = [c for c in labels if shown[c].astype(str).nunique() > 1]
-    varying = varying or (["method"] if "method" in labels else labels[-1:])
-    if published is not None and len(published):
-        pub = published.reset_index(drop=True).copy()
-        for c in labels:
-            if c not in pub.columns:
-                pub[c] = ""
-        # the published row's label goes where our rows show their identity (the last varying column)
-        source = "method" if "method" in pub.columns else varying[-1]
-        pub[varying[-1]] = pub[source].astype(str) + " (published)"
-        pub_vals = pd.DataFrame({c: pub[c] for c in labels}
-                                | {m: pd.to_numeric(pub[m], errors="coerce") if m in pub.columns
-                                   else np.nan for m in metrics})
-        pub_shown = pub_vals.astype(object).copy()
-        for m in metrics:
-            pub_shown[m] = [format_mean_std(v, np.nan, 1, decimals) for v in pub_vals[m]]
-        shown = pd.concat([shown, pub_shown], ignore_index=True)
-        values = pd.concat([values, pub_vals], ignore_index=True)
-    return shown, values, varying, metrics, n_ours
-
-
-def _latex(shown: pd.DataFrame, bold: pd.DataFrame, labels: list[str], metrics: list[str], n_ours: int,
-           caption: str, label: str) -> str:
-    """booktabs LaTeX via ``Styler.to_latex(hrules=True, convert_css=True)``; bold = ``\\bfseries``."""
-    table = shown[labels + metrics].rename(columns=DISPLAY_NAMES)
-    css = pd.DataFrame(np.where(bold.to_numpy(dtype=bool), "font-weight: bold;", ""),
-                       columns=[DISPLAY_NAMES.get(m, m) for m in bold.columns])
-    styler = (table.style.hide(axis="index")
-              .apply(lambda col: css[col.name] if col.name in css.columns else [""] * len(col), axis=0)
-              .format(escape="latex").format_index(escape="latex", axis=1))
-    tex = styler.to_latex(hrules=True, convert_css=True, caption=caption, label=label,
-                          column_format="l" * len(labels) + "r" * len(metrics), position_float="centering")
-    tex = tex.replace("±", r"$\pm$").replace(DASH, "--")
-    if n_ours < len(shown):  # a rule between our rows and the published ones
-        lines = tex.split("\n")
-        body = lines.index(r"\midrule") + 1
-        lines.insert(body + n_ours, r"\midrule")
-        tex = "\n".join(lines)
-    return tex
-
-
-def write_tables(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, out_dir: str | os.PathLike, name: str,
-                 caption: str, label: str, published: pd.DataFrame | None = None,
-                 decimals: int = 1) -> dict[str, Path]:
-    """``<name>.md`` / ``.tex`` / ``.csv`` of a summary (conventions.md §6).
-
-    Columns Many | Medium | Few | All (see :data:`DISPLAY_NAMES`); best value per column in bold
-    (``\\bfseries`` in LaTeX, ``**`` in Markdown; lowest for :data:`LOWER_IS_BETTER`; ties all bold), computed over every
-    row shown; "–" for empty groups. ``published`` (label columns such as ``method`` plus numeric metric
-    columns) adds rows marked "(published)" below ours, after a ``\\midrule``. Label columns that are
-    constant over our rows are left out of the .md/.tex (state them in the caption). The CSV holds the
-    numbers: means, stds, seed counts, and published rows with ``source = "published"``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shown, values, labels, metrics, n_ours = _table_frames(summary_df, numeric_df, published, decimals)
-    bold = _best_mask(values, metrics, decimals)
-    md = shown[labels + metrics].copy()
-    for m in metrics:
-        md[m] = [f"**{s}**" if b else s for s, b in zip(md[m], bold[m])]
-    if "n_seeds" in summary_df.columns:
-        md["n_seeds"] = list(summary_df["n_seeds"]) + [""] * (len(md) - n_ours)
-    md_text = md.rename(columns=DISPLAY_NAMES).to_markdown(index=False)
-    csv_df = numeric_df.assign(source="ours")
-    if n_ours < len(values):
-        all_labels, _ = _split_columns(summary_df, numeric_df)
-        pub_rows = values.iloc[n_ours:].assign(source="published")
-        csv_df = pd.concat([csv_df, pub_rows[[c for c in pub_rows.columns if c in csv_df.columns
-                                              or c in all_labels]]], ignore_index=True)
-    for col in [c for c in csv_df.columns if c.endswith("_n") or c == "n_seeds"]:
-        csv_df[col] = csv_df[col].astype("Int64")
-    paths = {
-        "md": atomic_write_text(out_dir / f"{name}.md", f"{caption}\n\n{md_text}\n"),
-        "tex": atomic_write_text(out_dir / f"{name}.tex",
-                                 _latex(shown, bold, labels, metrics, n_ours, caption, label)),
-        "csv": atomic_write_text(out_dir / f"{name}.csv", csv_df.to_csv(index=False)),
-    }
-    return paths
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,8 +57,40 @@ def test_int_given_for_float_and_list_fields():
 def test_range_checks():
     with pytest.raises(ConfigError, match="divisible"):
         from_params({"batch_size": 10, "accum_steps": 3})
-    with pytest.raises(ConfigError, match="epochs must be"):
+    with pytest.raises(ConfigError, match=r"'epochs' must be in \[1, inf\), got 0"):
         from_params({"epochs": 0})
+
+
+def test_every_numeric_key_is_range_checked():
+    """Each numeric key has an interval (RANGES, else >= 0); a value just outside it is refused by name."""
+    import dataclasses
+
+    from ltr_core.config import NONNEGATIVE, RANGES, SECTIONS, in_interval
+
+    numeric = {f.name: f.type for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in ("int", "float")}
+    assert set(RANGES) <= set(numeric), set(RANGES) - set(numeric)
+    for key, tp in numeric.items():
+        interval = RANGES.get(key, NONNEGATIVE)
+        lo = float(interval[1:-1].split(",")[0])
+        bad = lo - 1 if interval[0] == "[" else lo
+        if tp == "float" and interval[0] == "[":
+            bad = lo - 0.5
+        with pytest.raises(ConfigError, match=rf"parameter '{key}' must be in"):
+            from_params({key: bad if tp == "float" else int(bad)})
+    assert in_interval(1.0, "(0, 1]") and not in_interval(0.0, "(0, 1]") and not in_interval(1.0, "[0, 1)")
+    for key, value in (("max_steps_per_epoch", -1), ("eval_every", -2), ("shot_many", -1), ("lr_gamma", 1.5),
+                       ("digits_test_per_class", 0), ("momentum", 1.0)):
+        with pytest.raises(ConfigError, match=key):
+            from_params({key: value})
+
+
+def test_run_names_and_suites_stay_under_the_results_root():
+    for params in ({"name": "../x"}, {"name": "a/b"}, {"suite": "../../etc"}, {"suite": "/abs"}, {"name": ".hidden"},
+                   {"suite": "a/../b"}, {"suite": ""}):
+        with pytest.raises(ConfigError, match="name|suite"):
+            from_params(params)
+    assert from_params({"name": "ce_ir100-b75f48", "suite": "quickstart/sub"}).run_path().parts[-3:] == (
+        "quickstart", "sub", "digits_lt-erm-ce_ir100-b75f48-s0")
 
 
 def test_base_layering_and_nested_rejected(tmp_path):
@@ -99,3 +131,26 @@ def test_from_notebook_skips_modules_and_catches_injected_typos():
 def test_param_names_unique_and_complete():
     names = param_names()
     assert len(names) == len(set(names)) and {"lr", "dataset", "seed", "loss", "model"} <= set(names)
+
+
+def test_defaults_unchanged_or_schema_bumped():
+    """A changed default changes what every run leaving that key at its default computes, but not its
+    hash (which covers only non-default keys): such a change must bump SCHEMA_VERSION. New keys are fine."""
+    import json
+    from pathlib import Path
+
+    from ltr_core.config import SCHEMA_VERSION, default_flat
+
+    snapshot = json.loads((Path(__file__).parent / "data" / "config_defaults.json").read_text())
+    now = default_flat()
+    changed = {k: (v, now[k]) for k, v in snapshot["defaults"].items() if k in now and now[k] != v}
+    assert not changed or SCHEMA_VERSION != snapshot["schema"], (
+        f"defaults changed {changed}: bump ltr_core.config.SCHEMA_VERSION and rewrite tests/data/config_defaults.json")
+
+
+def test_adding_a_key_at_its_default_keeps_the_hash():
+    from ltr_core.config import semantic_params
+
+    cfg = from_params({"lr": 0.05})
+    assert semantic_params(cfg) == {"lr": 0.05, "schema": 2}
+    assert config_hash(cfg) == config_hash(from_params({"lr": 0.05, "momentum": 0.9}))  # 0.9 is the default

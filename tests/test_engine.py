@@ -81,7 +81,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
         erm.run(cfg_b)
     rd = RunDir(cfg_b.run_path())
     assert rd.read_results() is None
-    assert json.loads((rd.path / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert engine.Checkpoint(rd).load_state()["epoch"] == 1
     monkeypatch.setattr(engine, "train_one_epoch", original)
     res_b = erm.run(cfg_b)
     assert res_b["resumed_from_epoch"] == 1
@@ -98,7 +98,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     p = tmp_path / "killed.yaml"
     p.write_text(yaml.safe_dump({**params, "name": "killed"}))
     run_dir = from_params({**params, "name": "killed"}).run_path()
-    state = run_dir / "checkpoint" / "state.json"
+    state = run_dir / "checkpoint" / "LATEST"
     proc = subprocess.Popen([sys.executable, "-m", "ltr_core.train", str(p)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -108,7 +108,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     if (run_dir / "results.json").exists():
         pytest.skip("the run finished before the kill landed (machine too fast for this test)")
-    done = json.loads(state.read_text())["epoch"]
+    done = engine.Checkpoint(RunDir(run_dir)).load_state()["epoch"]
     assert done < 7
     out = subprocess.run([sys.executable, "-m", "ltr_core.train", str(p)], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -141,11 +141,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         from ltr_core.study import run_supervised
 
         run_supervised(cfg, build)
-    assert "kept the checkpoint of epoch 0" in str(err.value)
+    assert "checkpoint of epoch 0 is kept" in str(err.value) and "resume_from=" in str(err.value)
     rd = RunDir(cfg.run_path())
-    assert json.loads((rd.path / "checkpoint" / "state.json").read_text())["epoch"] == 0
+    assert engine.Checkpoint(rd).load_state()["epoch"] == 0
     assert not (rd.path / "results.json").exists()
-    state = load_file(str(rd.path / "checkpoint" / "model.safetensors"))
+    state = load_file(str(rd.path / "checkpoint" / "epoch-000000" / "model.safetensors"))
     assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 

@@ -296,7 +296,7 @@ def test_tiny_mgp_then_bft_under_papermill(tiny_livt_run):
     assert res["mgp_images_per_second"] > 0 and res["images_per_second"] > 0
     stage = out.run_dir / "mgp"
     for f in ("encoder.safetensors", "mae.safetensors", "mgp.json", "metrics.jsonl", "config.yaml",
-              "checkpoint/state.json"):
+              "checkpoint/LATEST"):
         assert (stage / f).is_file(), f
     assert len((stage / "metrics.jsonl").read_text().splitlines()) == 2
     for f in ("reconstruction.png", "reconstruction.pdf", "model.safetensors", "notebook.ipynb"):

@@ -232,7 +232,7 @@ def test_write_tables(suite, tmp_path):
         assert rule in tex
     assert "Many & Medium & Few & All" in tex
     la_line = next(line for line in tex.splitlines() if line.startswith(r"la\_loss"))
-    assert r"\bfseries 73.0 $\pm$ 3.6" in la_line  # best All
+    assert r"\bfseries 73.0\,{\scriptsize$\pm$3.6}" in la_line  # best All (std in a smaller font)
     erm_line = next(line for line in tex.splitlines() if line.startswith("erm"))
     assert r"\bfseries 85.0" in erm_line  # best Many
     pub_line = next(line for line in tex.splitlines() if "(published)" in line)
