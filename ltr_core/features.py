@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .results import to_jsonable
+from .results import atomic_write_text, to_jsonable
+from .stages import save_weights, state_dict_cpu
 
 
 def feature_key(description: Mapping[str, Any]) -> str:
@@ -52,12 +53,10 @@ def cached_features(directory: str | os.PathLike, name: str, description: Mappin
     path = folder / f"{name}-{key}.safetensors"
     if path.is_file():
         return dict(load_file(str(path)))
-    tensors = {k: v.detach().contiguous().cpu() for k, v in compute().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".safetensors.{os.getpid()}.tmp")  # unique: DDP ranks may write the same cache
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    (folder / f"{name}-{key}.json").write_text(json.dumps(to_jsonable(dict(description)), indent=1, sort_keys=True))
+    tensors = state_dict_cpu(dict(compute()))
+    save_weights(tensors, path)  # atomic, unique temp file: DDP ranks may write the same cache
+    atomic_write_text(folder / f"{name}-{key}.json", json.dumps(to_jsonable(dict(description)), indent=1,
+                                                                 sort_keys=True))
     return tensors
 
 
@@ -98,3 +97,17 @@ class FeatureLoader:
         for start in range(0, order.numel(), self.batch_size):
             idx = order[start:start + self.batch_size]
             yield self.features.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+def train_feature_loader(cfg, feats: Mapping[str, torch.Tensor], device) -> FeatureLoader:
+    """Cached ``{"features", "labels"}`` batched like the run's training loader (its sampler, seed, batch size)."""
+    from .data.samplers import build_sampler
+
+    sampler = build_sampler(cfg.data.sampler, feats["labels"], seed=cfg.run.seed, epochs=cfg.train.epochs)
+    return FeatureLoader(feats["features"], feats["labels"], batch_size=cfg.train.batch_size, device=device,
+                         sampler=sampler)
+
+
+def eval_feature_loader(cfg, feats: Mapping[str, torch.Tensor], device) -> FeatureLoader:
+    """Cached ``{"features", "labels"}`` in stored order, ``eval_batch_size`` rows a batch."""
+    return FeatureLoader(feats["features"], feats["labels"], batch_size=cfg.train.eval_batch_size, device=device)

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from .config import ConfigError, config_hash, from_params
+from .params import find_project, resolve
 from .results import RunDir
 
 
@@ -60,12 +61,11 @@ def _stream(cmd: list[str], log_path: Path, echo: bool, env: Mapping[str, str], 
 
 def launch_resolved(params: Mapping[str, Any], nproc: int | None = None, *, log_path: str | Path | None = None,
                     echo: bool = True) -> dict:
-    """torchrun over an already resolved flat params dict (``runner.resolve_params``); returns results.json.
-
-    ``nproc`` defaults to the params' ``dist_nproc``. Raises :class:`LaunchFailed` with the log's path.
+    """torchrun over an already resolved flat params dict (:func:`ltr_core.params.resolve`); returns
+    results.json. ``nproc`` defaults to the params' ``dist_nproc``. Raises :class:`LaunchFailed` with the
+    log's path. torchrun runs in the project folder (:func:`ltr_core.params.find_project`).
     """
-    from .runner import REPO_ROOT
-
+    project = find_project()
     params = dict(params)
     cfg = from_params(params)
     nproc = int(nproc or cfg.dist.dist_nproc)
@@ -73,7 +73,7 @@ def launch_resolved(params: Mapping[str, Any], nproc: int | None = None, *, log_
     params["interactive"] = False  # one log line per epoch, no progress bars in a log file
     run_dir = Path(params.get("run_dir") or cfg.run_path())
     if not run_dir.is_absolute():
-        run_dir = REPO_ROOT / run_dir
+        run_dir = project / run_dir
     params["run_dir"] = str(run_dir)
     rd = RunDir(run_dir)
     if rd.is_complete(config_hash(cfg)):
@@ -86,7 +86,7 @@ def launch_resolved(params: Mapping[str, Any], nproc: int | None = None, *, log_
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env["PYTHONUNBUFFERED"] = "1"
-    rc = _stream(torchrun_command(launch_file, nproc), log, echo, env, REPO_ROOT)
+    rc = _stream(torchrun_command(launch_file, nproc), log, echo, env, project)
     results = rd.read_results()
     if rc != 0 or not results or results.get("status") != "complete":
         raise LaunchFailed(f"torchrun ({nproc} processes) exited with status {rc} "
@@ -98,11 +98,9 @@ def run_distributed(params: str | Path | Mapping[str, Any], nproc: int, override
                     *, log_path: str | Path | None = None, echo: bool = True) -> dict:
     """Run a params file (with ``overrides``, resolved like ``ltr run``) or a flat params dict on ``nproc``
     processes through torchrun in a subprocess; returns the run's results.json dict."""
-    from .runner import resolve_params
-
     if isinstance(params, Mapping):
         flat = {**params, **(overrides or {})}
         from_params(flat)  # fail here, before a subprocess starts
     else:
-        flat, _ = resolve_params(params, dict(overrides or {}))
+        flat, _ = resolve(params, dict(overrides or {}))
     return launch_resolved(flat, nproc, log_path=log_path, echo=echo)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from .config import ConfigError, RunConfig, from_params, to_flat
-from .results import RunDir
+from .results import RunDir, atomic_write_bytes
 
 
 class StageError(RuntimeError):
@@ -52,11 +53,57 @@ def resolve_run(ref: str, cfg: RunConfig) -> RunDir:
         candidates += sorted(p for p in root.glob(f"*/{ref}") if p.parent.name != cfg.run.suite)
     found = [c for c in candidates if c.is_dir()]
     if not found:
-        raise StageError(
-            f"init_run {ref!r} is neither a run directory nor a run id under {root}/<suite>/ "
-            f"(looked in {candidates[0]} and every suite of {root}); run the earlier stage first "
-            f"(`ltr run <its params>.yaml --suite {cfg.run.suite}`) or give the path of its run directory")
+        raise StageError(missing_run_message(ref, cfg, root, candidates[0]))
     return RunDir(found[0])
+
+
+def _differing(dirs: list[Path]) -> dict[Path, str]:
+    """For each run directory, the semantic settings in which the runs differ (``epochs=2, lr=0.05``)."""
+    from .config import NON_SEMANTIC_KEYS
+
+    cfgs = {d: ((RunDir(d).read_config() or {}).get("params") or {}) for d in dirs}
+    keys = sorted({k for c in cfgs.values() for k in c if k not in NON_SEMANTIC_KEYS and k not in ("init_run",)
+                   and len({json_key(c2.get(k)) for c2 in cfgs.values()}) > 1})
+    return {d: ", ".join(f"{k}={c.get(k)!r}" for k in keys) for d, c in cfgs.items()}
+
+
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def missing_run_message(ref: str, cfg: RunConfig, root: Path, first: Path) -> str:
+    """Why ``init_run`` ``ref`` was not found, which stage-1 runs of that name exist, how to point at one."""
+    from .params import find_project, split_run_id
+
+    parts = split_run_id(ref)
+    lines = [f"init_run {ref!r} is neither a run directory nor a run id under {root}/<suite>/ "
+             f"(looked in {first} and every suite of {root})."]
+    if parts and parts[1]:
+        lines.append(f"It names the stage-1 run made with the same overrides as this run (the -{parts[1]} "
+                     f"digest of the overrides that apply to stage 1).")
+    if parts:
+        stem, _, seed = parts
+        runs = sorted(p for p in root.glob(f"*/{stem}*-s{seed}") if p.is_dir() and split_run_id(p.name)
+                      and split_run_id(p.name)[0] == stem) if root.is_dir() else []
+        notes = _differing(runs)
+        for p in runs:
+            state = "complete" if (RunDir(p).read_results() or {}).get("status") == "complete" else "not complete"
+            lines.append(f"  exists: {p} ({state}{'; ' + notes[p] if notes[p] else ''})")
+        if not runs:
+            lines.append(f"No run {stem}[-<digest>]-s{seed} exists under {root}.")
+        tokens = stem.split("-")
+        guess = find_project() / "params" / tokens[0] / f"{'-'.join(tokens[2:])}.yaml" if len(tokens) > 2 else None
+        how = f"`ltr run {guess}` with the same --set overrides" if guess and guess.is_file() else "its params file"
+        ids = sorted({f"{stem}{'-' + split_run_id(p.name)[1] if split_run_id(p.name)[1] else ''}-s{{seed}}" for p in runs})
+        lines.append(f"To go on, run the earlier stage first ({how}, --suite {cfg.run.suite}), or point at an existing run: "
+                     + " or ".join(f"`--set init_run={i}`" for i in (ids or [f"{stem}-s{{seed}}"]))
+                     + " ({seed} pairs each seed with its own stage 1), or `--set init_run=<run directory>`.")
+    else:
+        lines.append(f"To go on, run the earlier stage first (`ltr run <its params>.yaml --suite {cfg.run.suite}`) "
+                     f"or give the path of its run directory.")
+    return "\n".join(lines)
 
 
 def require_complete(run_dir: RunDir, what: str = "results.json") -> dict:
@@ -125,6 +172,13 @@ def stage_config(cfg: RunConfig, stage: str, **overrides: Any) -> RunConfig:
     return from_params(flat)
 
 
-def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU copies of a module's state (what safetensors files hold)."""
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+def state_dict_cpu(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies of a module's state (or of a state dict): what safetensors files hold."""
+    state = module if isinstance(module, dict) else module.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_weights(module: nn.Module | dict[str, torch.Tensor], path: str | Path) -> Path:
+    """The one weights writer: ``module``'s state (or a state dict) as safetensors at ``path``, atomically
+    (:func:`ltr_core.results.atomic_write_bytes`: temp file, fsync, rename)."""
+    return atomic_write_bytes(path, save(state_dict_cpu(module)))

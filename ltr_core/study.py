@@ -1,142 +1,250 @@
-"""One run, end to end: run directory -> data -> model + loss -> ``engine.fit`` -> evaluation -> results.
+"""One run skeleton: every method family describes *what* it trains, :func:`run_family` runs it.
 
-Every method family calls :func:`run_supervised` with its own ``build(cfg, data) -> (model, loss)``
-hook (and may post-process the final logits), so the run-directory contract, skipping of complete
-runs, resuming of interrupted ones and the ``results.json`` schema live in one place.
+A family's ``build(ctx) -> Plan`` gets a :class:`RunContext` (config, data, device, claimed run directory)
+and returns a :class:`Plan`: the model to save, the criterion (or None: nothing to train), the train
+loader, optimizer / lr schedule / batch transform, how to predict a split, extra views (PEL's TTE-free
+numbers), its evaluator (single- or multi-label) and the results.json extras. :func:`run_family` does
+the rest, the same way for every family:
+
+    completed_results (skip) -> begin_run (lock, config.yaml, data, inputs.json, pinned threads)
+    -> build -> engine.fit -> last-epoch evaluation -> extra views -> open-set metrics -> finish
+    -> write_run_results (weights, logits, per_class.csv, results.json last) -> lock released
+
+(the lock and the thread pinning are released also when the run raises). The run-directory functions
+live in :mod:`ltr_core.lifecycle`, the evaluators in :mod:`ltr_core.evaluation`.
+
+A criterion with ``wants_features = True`` is called ``criterion(logits, target, features=f)``, ``f``
+the input of the model's head (``Plan.feature_module``) in the same forward pass: a loss that needs
+features (influence-balanced, centroid losses) plugs in without touching the engine.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from . import dist, engine, metrics
-from .config import RunConfig, config_hash, to_flat
-from .data import LTData, build_data, make_loader
-from .results import RunDir, atomic_write_bytes, versions
+from . import engine
+from .config import RunConfig
+from .data import LTData, make_loader
+from .evaluation import (Evaluation, SingleLabel, add_open_set_metrics, evaluate_logits,  # noqa: F401 (re-exported)
+                         shot_group_counts, summary)
+from .lifecycle import (RunContext, RunDirConflict, begin_run, completed_results, device_name,  # noqa: F401
+                        end_run, init_run_dir, inputs_of, prepare_run_dir, remove_temporaries, write_run_results)
 
 BuildFn = Callable[[RunConfig, LTData], tuple[nn.Module, nn.Module]]
+HEADLINE = "headline"  # Plan.monitor default: evaluate the reported split after the logged epochs
 
 
-@dataclass
-class Evaluation:
-    """Logits, labels and the metrics dict of one evaluation pass."""
-
-    epoch: int
-    logits: torch.Tensor
-    labels: torch.Tensor
-    metrics: dict
+# ----------------------------------------------------------------------------------------------
+# loaders from a config
 
 
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, data: LTData, cfg: RunConfig) -> dict:
-    """The protocol's metrics (top-1, per-class, many/medium/few, ECE, ...) of a set of logits."""
-    return metrics.evaluate(logits.numpy(), labels.numpy(), shot_group_counts(data, cfg),
-                            many=cfg.data.shot_many, few=cfg.data.shot_few)
+def loader_kwargs(cfg: RunConfig, *, train: bool = True) -> dict:
+    """The :func:`ltr_core.data.make_loader` keywords of a run's training (or evaluation) loader."""
+    if not train:
+        return {"train": False, "batch_size": cfg.train.eval_batch_size, "num_workers": cfg.data.num_workers}
+    d = cfg.data
+    return {"train": True, "batch_size": cfg.train.batch_size, "sampler": d.sampler, "seed": cfg.run.seed,
+            "num_workers": d.num_workers, "augment": d.augment, "crop_padding": d.crop_padding,
+            "epochs": cfg.train.epochs, "augment_mode": d.augment_mode, "rrc_scale_min": d.rrc_scale_min}
 
 
-def shot_group_counts(data: LTData, cfg: RunConfig) -> np.ndarray:
-    """The counts that define the shot groups: the training counts n_c, or with ``split_from_ir`` > 0
-    the counts of the same profile at that IR (PEL/LIFT take CIFAR-100-LT groups from IR 100 for every IR)."""
-    ir = cfg.data.split_from_ir
-    if not ir:
-        return data.class_counts
-    from .data import DataError, lt_counts
+def train_loader(cfg: RunConfig, data: LTData, device, split: str = "train"):
+    """The run's training loader: its sampler, augmentation, batch size, seed."""
+    return make_loader(data, split, device=device, **loader_kwargs(cfg))
 
-    n_max = data.provenance.get("n_max")
-    if not n_max:
-        raise DataError(f"split_from_ir={ir} needs a dataset built from a long-tail profile (CIFAR-LT, digits-LT); "
-                        f"{data.name} has fixed split lists: set split_from_ir to 0")
-    profile = data.provenance.get("lt_profile", cfg.data.lt_profile)
-    return np.asarray(lt_counts(int(n_max), data.num_classes, float(ir), profile), dtype=np.int64)
+
+def eval_loader(cfg: RunConfig, data: LTData, split: str, device):
+    """``data.split(split)`` in order, evaluation transform, ``eval_batch_size``."""
+    return make_loader(data, split, device=device, **loader_kwargs(cfg, train=False))
+
+
+def decay_groups(named_params, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Two optimizer groups of the trainable tensors of ``named_params`` ((name, param) pairs or params):
+    weight decay on matrices, none on 1-D tensors (biases, norms) and scalars (timm's / MAE's rule);
+    ``lr`` sets the groups' peak lr (None: the optimizer's)."""
+    decay, no_decay = [], []
+    for item in named_params:
+        p = item[1] if isinstance(item, tuple) else item
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{**g, "lr": lr} for g in groups] if lr is not None else groups
+
+
+class SplitLoaders(dict):
+    """Evaluation loaders by split, ``make(split)`` on first use (``eager`` splits at once)."""
+
+    def __init__(self, make: Callable[[str], Any], eager: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.make = make
+        for split in eager:
+            self[split] = make(split)
+
+    def __missing__(self, split: str):
+        self[split] = loader = self.make(split)
+        return loader
+
+
+def in_channels(data: LTData) -> int:
+    """Image channels of the training split (3 for image files)."""
+    return int(data.train.images.shape[1]) if data.train.images is not None else 3
 
 
 def predict_split(cfg: RunConfig, data: LTData, model: nn.Module, device: torch.device, split: str, *,
                   channels_last: bool = False, fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs (default: logits) and labels of ``model`` over ``data.split(split)`` (eval transform, in order)."""
-    loader = make_loader(data, split, train=False, batch_size=cfg.train.eval_batch_size, device=device,
-                         num_workers=cfg.data.num_workers)
-    return engine.predict(model, loader, device, cfg.train.precision, channels_last, fn=fn)
+    return engine.predict(model, eval_loader(cfg, data, split, device), device, cfg.train.precision, channels_last,
+                          fn=fn)
 
 
-def add_open_set_metrics(cfg: RunConfig, data: LTData, ev: Evaluation, open_logits: torch.Tensor,
-                         run_dir: RunDir | None = None) -> dict:
-    """Add the open-set metrics (methods.md §1.5, :func:`ltr_core.metrics.open_set_metrics`: f_measure
-    post- and pre-fix at theta = open_theta (0.1), open-set many/medium/few after thresholding, the theta sweep) of the
-    evaluated known samples ``ev`` plus ``open_logits`` to ``ev.metrics`` (closed-set numbers untouched).
+# ----------------------------------------------------------------------------------------------
+# the skeleton
 
-    Every method family calls it when ``data.open`` exists (run_supervised does); with
-    ``cfg.run.save_logits`` the open logits go to ``<run_dir>/logits_open.npz``.
+
+@dataclass
+class Plan:
+    """What a family trains and how it is evaluated (built by the family, run by :func:`run_family`).
+
+    ``model`` is what ``model.safetensors`` holds (None: nothing saved); ``predict(split)`` gives the
+    final outputs (logits or scores) and labels of a split (the reported one, and ``open`` where the data
+    has it). ``criterion`` None: no training (post-hoc, zero-shot; ``train_seconds`` is reported).
+    ``trained`` is what ``engine.fit`` trains (default ``model``; e.g. a head on cached features).
+    ``monitor(epoch) -> scalars`` is what ``fit`` logs (default: the reported split through the
+    evaluator, kept as the final evaluation at the last epoch; None: nothing). ``views`` adds the
+    summary of other predictions to the metrics (name -> ``() -> (logits, labels)``; None: the headline's).
+    ``finish(ev)`` runs after the evaluation and returns more results.json keys. ``scalars(ev)`` replaces
+    the evaluator's logged scalars; ``feature_module`` is the module whose input a ``wants_features``
+    criterion gets (default: ``trained.head``).
     """
-    m = metrics.open_set_metrics(ev.logits.numpy(), ev.labels.numpy(), open_logits.numpy(),
-                                 shot_group_counts(data, cfg), theta=cfg.data.open_theta, many=cfg.data.shot_many,
-                                 few=cfg.data.shot_few)
-    m["open_known_split"] = cfg.data.eval_split
-    ev.metrics.update(m)
-    if run_dir is not None and cfg.run.save_logits:
-        buf = io.BytesIO()
-        np.savez(buf, logits=open_logits.numpy().astype(np.float32), labels=np.full(len(open_logits), -1, np.int64),
-                 split=np.array("open"))
-        atomic_write_bytes(Path(run_dir.path) / "logits_open.npz", buf.getvalue())
-    return m
+
+    model: nn.Module | None
+    predict: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+    criterion: nn.Module | None = None
+    train_loader: Any = None
+    trained: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    lr_schedule: Callable[[int, float], float] | None = None
+    batch_transform: Callable | None = None
+    evaluator: SingleLabel | None = None
+    monitor: Callable[[int], dict] | str | None = HEADLINE
+    views: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]] | None] = field(default_factory=dict)
+    finish: Callable[[Evaluation], dict | None] | None = None
+    scalars: Callable[[Evaluation], dict] | None = None
+    feature_module: nn.Module | None = None
+    extra: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
 
 
-class RunDirConflict(RuntimeError):
-    """The run directory holds a run of a different configuration."""
+class FeatureTap(nn.Module):
+    """``criterion(outputs, target, features=f)`` with ``f`` the input of ``module`` in the training forward
+    pass that made ``outputs`` (a forward pre-hook; nothing changes in the model or its checkpoint)."""
+
+    def __init__(self, criterion: nn.Module, module: nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.features: torch.Tensor | None = None
+        self.handle = module.register_forward_pre_hook(self.keep)
+
+    def keep(self, module: nn.Module, args: tuple) -> None:
+        if module.training:
+            self.features = args[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.criterion, "set_epoch"):
+            self.criterion.set_epoch(epoch)
+
+    def forward(self, outputs, target):
+        return self.criterion(outputs, target, features=self.features)
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.features = None
 
 
-def prepare_run_dir(cfg: RunConfig) -> tuple[RunDir, str]:
-    """Create the run directory and write config.yaml; refuse a directory holding another config."""
-    run_dir = RunDir(cfg.run_path())
-    chash = config_hash(cfg)
-    old = run_dir.read_config()
-    if old and old.get("config_hash") != chash:
-        raise RunDirConflict(
-            f"{run_dir.path} holds a run of a different config (hash {old.get('config_hash')}, this run {chash}); "
-            f"give this run another name, or re-run with `ltr run --force` (moves the old directory aside)"
-        )
-    Path(run_dir.path).mkdir(parents=True, exist_ok=True)
-    if dist.is_main():  # DDP: rank 0 writes the run directory
-        run_dir.write_config(to_flat(cfg), chash, cfg.run_id)
-    return run_dir, chash
+def run_family(cfg: RunConfig, build: Callable[[RunContext], Plan], *, data: LTData | None = None,
+               load: Callable[[], LTData] | None = None, extra_inputs: dict | Callable | None = None,
+               stage: str | None = None) -> dict:
+    """Run ``build``'s plan end to end and return the results.json dict (see the module doc).
+
+    ``data`` / ``load`` give the data (default ``build_data(cfg.data)``); ``extra_inputs`` (a dict, or a
+    function of the data) is what the run reads besides data and init_run (recorded in inputs.json and
+    results.json, part of the inputs digest that decides skipping); ``stage`` marks an intermediate stage.
+    """
+    done = completed_results(cfg, data, load, extra_inputs)
+    if done is not None:
+        return done
+    try:
+        ctx = begin_run(cfg, data, load, extra_inputs)
+        plan = build(ctx)
+        ev, fit, evaluator = train_and_evaluate(ctx, plan)
+        extra = {**plan.extra, **((plan.finish(ev) if plan.finish is not None else None) or {})}
+        return write_run_results(cfg, ctx.run_dir, ctx.chash, ctx.data, plan.model, ev, fit, ctx.device, stage=stage,
+                                 extra=extra, inputs=ctx.inputs, evaluator=evaluator)
+    finally:
+        end_run(cfg)
 
 
-def completed_results(cfg: RunConfig) -> dict | None:
-    """results.json of a complete run of this exact config (the run is then skipped), else None."""
-    existing, chash = RunDir(cfg.run_path()), config_hash(cfg)
-    if existing.is_complete(chash):
-        print(f"skip: {existing.path} is complete (config {chash})", flush=True)
-        return existing.read_results()
-    return None
+def train_and_evaluate(ctx: RunContext, plan: Plan) -> tuple[Evaluation, engine.FitResult, SingleLabel]:
+    """``engine.fit`` (when the plan trains), the last-epoch evaluation, extra views and open-set metrics."""
+    cfg, data = ctx.cfg, ctx.data
+    evaluator = plan.evaluator or SingleLabel(cfg, data)
+    last: list[Evaluation] = []
+
+    def evaluate(epoch: int) -> dict:
+        logits, labels = plan.predict(cfg.data.eval_split)
+        last[:] = [Evaluation(epoch, logits, labels, evaluator.metrics(logits, labels))]
+        return plan.scalars(last[0]) if plan.scalars is not None else evaluator.scalars(last[0].metrics)
+
+    fit = engine.FitResult(train_seconds=plan.train_seconds)
+    if plan.criterion is not None:
+        trained = plan.trained or plan.model
+        criterion = plan.criterion
+        if getattr(criterion, "wants_features", False):
+            module = plan.feature_module or getattr(trained, "head", None)
+            if module is None:
+                raise TypeError(f"{type(criterion).__name__} wants features, but {type(trained).__name__} has no "
+                                f"head: set Plan.feature_module to the module whose input is the feature")
+            criterion = FeatureTap(criterion, module)
+        try:
+            fit = engine.fit(trained, criterion, plan.train_loader, cfg=cfg, run_dir=ctx.run_dir, device=ctx.device,
+                             evaluate=evaluate if plan.monitor == HEADLINE else plan.monitor,
+                             optimizer=plan.optimizer, batch_transform=plan.batch_transform,
+                             lr_schedule=plan.lr_schedule)
+        finally:
+            if isinstance(criterion, FeatureTap):
+                criterion.remove()
+    if not last or last[0].epoch != cfg.train.epochs - 1:
+        evaluate(cfg.train.epochs - 1)
+    ev = last[0]
+    for name, view in plan.views.items():
+        ev.metrics[name] = summary(ev.metrics if view is None else evaluator.metrics(*view()))
+    if data.open is not None:  # the open-set protocol (OLTR) for every method on a dataset with an open split
+        add_open_set_metrics(cfg, data, ev, plan.predict("open")[0], ctx.run_dir)
+    return ev, fit, evaluator
 
 
-def begin_run(cfg: RunConfig, data: LTData | None = None,
-              load: Callable[[], LTData] | None = None) -> tuple[RunDir, str, torch.device, LTData]:
-    """Open the run directory (config.yaml), pick the device, build the data under the run's seed
-    (``data`` as given, else ``load()``, else ``build_data(cfg.data)``), record split_indices.json,
-    and re-seed so that model initialisation does not depend on how the data was built."""
-    run_dir, chash = prepare_run_dir(cfg)
-    device = engine.resolve_device(cfg.run.device)
-    engine.seed_everything(cfg.run.seed)
-    if data is None:
-        data = load() if load is not None else build_data(cfg.data)
-    if dist.is_main():
-        run_dir.write_json("split_indices.json", data.provenance)
-    engine.seed_everything(cfg.run.seed)
-    return run_dir, chash, device, data
+def supervised_plan(ctx: RunContext, model: nn.Module, criterion: nn.Module, *,
+                    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+                    batch_transform: Callable | None = None, lr_schedule: Callable | None = None,
+                    extra: dict | None = None) -> Plan:
+    """A network trained end to end on images: the run's train loader, logits (``postprocess``-ed) per split."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
+    loader = train_loader(cfg, data, device)
+    loaders = SplitLoaders(lambda split: eval_loader(cfg, data, split, device), eager=(cfg.data.eval_split,))
+    channels_last = engine.use_channels_last(model, cfg.model.channels_last, device)
 
+    def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, labels = engine.predict(model, loaders[split], device, cfg.train.precision, channels_last)
+        return (postprocess(logits) if postprocess is not None else logits), labels
 
-def _log_scalars(m: dict) -> dict:
-    keys = ("top1", "mean_per_class", "many", "medium", "few", "ece")
-    return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in keys}
+    return Plan(model, predict, criterion=criterion, train_loader=loader,
+                optimizer=make_optimizer(model) if make_optimizer is not None else None,
+                batch_transform=batch_transform, lr_schedule=lr_schedule, extra=dict(extra or {}))
 
 
 def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None,
@@ -144,103 +252,14 @@ def run_supervised(cfg: RunConfig, build: BuildFn, *, data: LTData | None = None
                    stage: str | None = None,
                    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
                    batch_transform: Callable | None = None, extra: dict | None = None) -> dict:
-    """Train ``build(cfg, data)`` with the shared engine and write the complete run directory.
+    """Train ``build(cfg, data) -> (model, loss)`` end to end through :func:`run_family` (ERM, OLTR's stages).
 
-    A run directory that already holds a complete ``results.json`` for the same config hash is not
-    re-run: its results are returned. An interrupted one resumes from its last checkpoint.
-    ``stage`` marks an intermediate stage of a multi-stage run (see :mod:`ltr_core.stages`).
-    ``make_optimizer(model)`` replaces the default optimizer (param groups: layer-wise lr decay, no
-    weight decay on norms); ``batch_transform`` see :func:`ltr_core.engine.train_one_epoch`;
-    ``extra`` adds top-level keys to results.json (see :func:`write_run_results`).
+    ``make_optimizer(model)`` replaces the default optimizer (param groups); ``batch_transform`` see
+    :func:`ltr_core.engine.train_one_epoch`; ``extra`` adds top-level keys to results.json.
     """
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    run_dir, chash, device, data = begin_run(cfg, data)
-    model, criterion = build(cfg, data)
-    train_loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
-                               sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                               augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=False,
-                               epochs=cfg.train.epochs, augment_mode=cfg.data.augment_mode,
-                               rrc_scale_min=cfg.data.rrc_scale_min)
-    eval_loader = make_loader(data, cfg.data.eval_split, train=False, batch_size=cfg.train.eval_batch_size,
-                              device=device, num_workers=cfg.data.num_workers)
-    channels_last = engine.use_channels_last(model, cfg.model.channels_last, device)
-    last: list[Evaluation] = []
+    def plan(ctx: RunContext) -> Plan:
+        model, criterion = build(ctx.cfg, ctx.data)
+        return supervised_plan(ctx, model, criterion, postprocess=postprocess, make_optimizer=make_optimizer,
+                               batch_transform=batch_transform, extra=extra)
 
-    def evaluate(epoch: int) -> dict:
-        logits, labels = engine.predict(model, eval_loader, device, cfg.train.precision, channels_last)
-        if postprocess is not None:
-            logits = postprocess(logits)
-        last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
-        return _log_scalars(last[0].metrics)
-
-    optimizer = make_optimizer(model) if make_optimizer is not None else None
-    fit = engine.fit(model, criterion, train_loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
-                     optimizer=optimizer, batch_transform=batch_transform)
-    final_epoch = cfg.train.epochs - 1
-    if not last or last[0].epoch != final_epoch:
-        evaluate(final_epoch)
-    if data.open is not None:  # open-set protocol (OLTR) for every method on a dataset with an open split
-        open_logits, _ = predict_split(cfg, data, model, device, "open", channels_last=channels_last)
-        add_open_set_metrics(cfg, data, last[0], postprocess(open_logits) if postprocess else open_logits, run_dir)
-    return write_run_results(cfg, run_dir, chash, data, model, last[0], fit, device, stage=stage, extra=extra)
-
-
-def write_run_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData, model: nn.Module,
-                      ev: Evaluation, fit: engine.FitResult, device: torch.device, *,
-                      stage: str | None = None, extra: dict | None = None) -> dict:
-    """Weights, logits, per_class.csv and (last, atomically) results.json.
-
-    ``stage`` marks the results of an intermediate stage (left out of suite tables); ``extra`` adds
-    method-specific top-level keys (e.g. the selected τ, trainable-parameter counts).
-    Under DDP only rank 0 writes; the other ranks get the metrics without touching files.
-    """
-    if not dist.is_main():
-        return {"run_id": cfg.run_id, "config_hash": chash, "metrics": dict(ev.metrics), "status": "not written (rank > 0)"}
-    path = Path(run_dir.path)
-    tmp = path / "model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path / "model.safetensors")
-    if cfg.run.save_logits:
-        run_dir.save_logits(ev.logits.numpy(), ev.labels.numpy(), cfg.data.eval_split)
-    m = ev.metrics
-    eval_counts = np.bincount(ev.labels.numpy()[ev.labels.numpy() >= 0], minlength=data.num_classes)
-    run_dir.write_per_class(data.class_names, data.class_counts, eval_counts, m["per_class"], m["shot_groups"])
-    results = {
-        "run_id": cfg.run_id,
-        "name": cfg.run.name or "default",
-        "dataset": cfg.data.dataset,
-        "method": cfg.run.method,
-        "loss": cfg.loss.loss,
-        "model": cfg.model.model,
-        "seed": cfg.run.seed,
-        "config_hash": chash,
-        "eval_split": cfg.data.eval_split,
-        "selection": "last epoch",
-        "epochs": cfg.train.epochs,
-        "metrics": {k: v for k, v in m.items() if k not in ("per_class", "shot_groups")},
-        "class_counts": [int(c) for c in data.class_counts],
-        "per_class": m["per_class"],
-        "shot_groups": m["shot_groups"],
-        "train_seconds": round(fit.train_seconds, 3),
-        "images_per_second": fit.images_per_second,
-        "resumed_from_epoch": fit.resumed_from,
-        "device": _device_name(device),
-        "processes": dist.world_size(),  # DDP ranks that trained the run (1: a single process)
-        "versions": versions(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "status": "complete",
-    }
-    if stage:
-        results["stage"] = stage
-    if extra:
-        results.update(extra)
-    run_dir.write_results(results)
-    return results
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return run_family(cfg, plan, data=data, stage=stage)

@@ -4,6 +4,10 @@ This is the same code path the notebooks call (``ltr_core.methods.<family>.run``
 GPU box with only torch/torchvision/timm runs, and what torchrun launches: under torchrun (or srun
 with one task per GPU) the process group is initialised from the environment (:mod:`ltr_core.dist`)
 and the run is data-parallel; only rank 0 writes the run directory and prints the summary line.
+
+The params resolve exactly as for ``ltr run`` (:func:`ltr_core.params.resolve`: ``base`` layering, the run
+named after the file's stem plus a digest of the overrides, results under the project folder), so
+``python -m ltr_core.train X.yaml`` and ``ltr run X.yaml`` are the same run.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import json
 import sys
 
 from . import dist
-from .config import ConfigError, from_params, load_params, parse_overrides
+from .config import ConfigError, parse_overrides
 from .methods import get_method
+from .params import resolve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter (repeatable)")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
-        params.update(parse_overrides(args.overrides))
-        cfg = from_params(params)
+        params, cfg = resolve(args.params, parse_overrides(args.overrides))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """Method families: a plain dict maps each name to the module that implements it.
 
 A method module exposes ``NOTEBOOK`` (the notebook ``ltr run`` executes for it) and
-``run(cfg, data=None) -> results dict`` (what the notebook and ``python -m ltr_core.train`` call).
+``run(cfg, data=None) -> results dict`` (what the notebook and ``python -m ltr_core.train`` call). ``run``
+describes what the family trains as a :class:`ltr_core.study.Plan` and hands it to
+:func:`ltr_core.study.run_family` (skip-if-complete, run directory, fit, evaluation, open-set and
+multi-label metrics, the one results writer); an end-to-end network is ``study.run_supervised(cfg, build)``.
 Modules are imported on first use, so a family's optional dependencies (open_clip, ...) load only
 when that family runs. Register a new family with one line in :data:`METHODS`.
 """

@@ -43,110 +43,24 @@ from torch import nn
 
 from .. import engine
 from ..config import ConfigError, RunConfig
-from ..data import LTData, build_data, make_loader
-from ..data.samplers import build_sampler
-from ..features import FeatureLoader, cached_features, weights_digest
+from ..data import LTData
+from ..features import cached_features, eval_feature_loader, train_feature_loader, weights_digest
 from ..losses import build_loss
 from ..models import Classifier, build_model
 from ..models.heads import LinearHead, LWSHead, tau_normalized
 from ..results import RunDir
 from ..stages import StageError, load_run_config, load_weights, require_complete, resolve_run
-from ..study import (Evaluation, add_open_set_metrics, completed_results, evaluate_logits, predict_split, prepare_run_dir,
-                     write_run_results)
+from ..study import (Plan, RunContext, SplitLoaders, eval_loader, evaluate_logits, in_channels, run_family,
+                     train_loader)
+from .decouple_heads import (NCM_METRICS, FrozenBackboneClassifier, NCMHead, centred_l2n, class_means,  # noqa: F401
+                             log_prior, ncm_centroids, ncm_logits, posthoc_la_logits, tau_norm_logits)
 
 NOTEBOOK = "decouple.ipynb"
 DEFAULT_TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
-TRAINED_MODES = ("crt", "lws")
-SWEEP_MODES = ("tau_norm", "posthoc_la")
-NCM_METRICS = ("cl2n_l2", "cosine")
 # data keys that must agree with stage 1 (they define the training set the backbone saw)
 MATCHING_DATA_KEYS = ("dataset", "imbalance_ratio", "lt_profile", "lt_seed", "n_max", "image_size",
                       "digits_test_per_class")
 SWEEP_METRICS = ("top1", "mean_per_class", "many", "medium", "few")
-
-
-# ----------------------------------------------------------------------------------------------
-# the formulas
-
-
-def tau_norm_logits(features: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
-    """z_c = f · w_c / ‖w_c‖^τ (bias dropped)."""
-    return features @ tau_normalized(weight, tau).T
-
-
-def log_prior(class_counts) -> torch.Tensor:
-    """log π_c = log(n_c / Σ n); every class needs at least one training image."""
-    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
-    if (counts <= 0).any():
-        empty = torch.nonzero(counts <= 0).flatten().tolist()
-        raise ValueError(f"post-hoc logit adjustment needs n_c >= 1 for every class; classes {empty[:10]} "
-                         f"have no training image (log prior = -inf)")
-    return (counts / counts.sum()).log().float()
-
-
-def posthoc_la_logits(logits: torch.Tensor, class_counts, tau: float) -> torch.Tensor:
-    """z − τ log π (Menon et al., ICLR 2021, post-hoc form; the model was trained with plain CE)."""
-    return logits - tau * log_prior(class_counts)
-
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """μ_c = mean of the features of class c ([C, D]); a class without samples is an error."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64).index_add_(
-        0, labels, features.double())
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    if (counts == 0).any():
-        raise ValueError(f"NCM: classes {torch.nonzero(counts == 0).flatten().tolist()[:10]} have no training feature")
-    return (sums / counts[:, None]).float()
-
-
-def centred_l2n(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """x̂ = (f − μ) / ‖f − μ‖₂ (classifier-balancing ``feat_type='cl2n'``)."""
-    return nn.functional.normalize(features - mean, dim=1)
-
-
-def ncm_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  metric: str = "cl2n_l2") -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ, centroids [C, D]) of the training features for :func:`ncm_logits`.
-
-    cl2n_l2: μ = mean of all training features (over samples), c_c = mean_{i: y_i = c} x̂_i, the mean of
-    the centred and L2-normalised features (not re-normalised; classifier-balancing
-    ``get_knncentroids`` ``cl2ncs``). cosine: μ = 0, c_c = mean raw feature of class c.
-    """
-    if metric not in NCM_METRICS:
-        raise ValueError(f"ncm_metric must be one of {NCM_METRICS}, got {metric!r}")
-    if metric == "cosine":
-        return torch.zeros(features.shape[1]), class_means(features, labels, num_classes)
-    mean = features.double().mean(0).float()
-    return mean, class_means(centred_l2n(features, mean), labels, num_classes)
-
-
-def ncm_logits(features: torch.Tensor, centroids: torch.Tensor, metric: str = "cl2n_l2",
-               mean: torch.Tensor | None = None) -> torch.Tensor:
-    """NCM logits (Kang et al., ICLR 2020, nearest class mean classifier).
-
-    cl2n_l2 (classifier-balancing ``KNNClassifier(feat_type='cl2n', dist_type='l2')``):
-    z_c = −‖x̂ − c_c‖², x̂ = (f − μ)/‖f − μ‖; cosine: z_c = cos(f, c_c).
-    """
-    if metric == "cosine":
-        return nn.functional.normalize(features, dim=1) @ nn.functional.normalize(centroids, dim=1).T
-    if metric != "cl2n_l2":
-        raise ValueError(f"ncm_metric must be one of {NCM_METRICS}, got {metric!r}")
-    x = centred_l2n(features, torch.zeros(features.shape[1]) if mean is None else mean.to(features))
-    c = centroids.to(x)
-    return -((x * x).sum(1, keepdim=True) + (c * c).sum(1)[None, :] - 2.0 * x @ c.T)
-
-
-class NCMHead(nn.Module):
-    """The NCM classifier as a head: :func:`ncm_logits` with fixed (buffer) μ and centroids."""
-
-    def __init__(self, centroids: torch.Tensor, mean: torch.Tensor, metric: str = "cl2n_l2"):
-        super().__init__()
-        self.metric = metric
-        self.register_buffer("centroids", centroids.detach().clone().float())
-        self.register_buffer("feature_mean", mean.detach().clone().float())
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return ncm_logits(f, self.centroids, self.metric, self.feature_mean)
 
 
 def epoch_lr_schedule(cfg: RunConfig) -> Callable[[int, float], float]:
@@ -161,41 +75,7 @@ def epoch_lr_schedule(cfg: RunConfig) -> Callable[[int, float], float]:
     return lambda epoch, frac: engine.lr_factor(epoch + shift, 0.0, cfg.optim, cfg.train.epochs)
 
 
-# ----------------------------------------------------------------------------------------------
-# models
-
-
-class FrozenBackboneClassifier(Classifier):
-    """head(backbone(x)) with a frozen backbone: no gradients reach it (``torch.no_grad``, params frozen).
-
-    ``bn_mode="train"`` leaves the backbone in train mode while training, so its BatchNorm running
-    statistics follow the stage-2 sampler (classifier-balancing); ``"eval"`` keeps it in eval mode
-    (the backbone state stays bit-identical).
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, bn_mode: str = "train"):
-        super().__init__(backbone, head)
-        if bn_mode not in ("train", "eval"):
-            raise ValueError(f"bn_mode must be train or eval, got {bn_mode!r}")
-        self.bn_mode = bn_mode
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.bn_mode == "eval":
-            self.backbone.eval()
-        return self
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.backbone(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def _linear_weights(head: nn.Module, init_run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_weights(head: nn.Module, init_run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(head, nn.Linear):
         raise StageError(f"τ-norm and post-hoc LA adjust a linear stage-1 classifier, but {init_run} has a "
                          f"{type(head).__name__}; train stage 1 with head: linear")
@@ -225,8 +105,7 @@ def load_stage1(cfg: RunConfig) -> tuple[RunDir, dict, RunConfig]:
 
 def load_stage1_model(run_dir: RunDir, cfg1: RunConfig, data: LTData) -> Classifier:
     """The stage-1 classifier with its final weights (CPU, eval mode)."""
-    in_chans = int(data.train.images.shape[1]) if data.train.images is not None else 3
-    model = build_model(cfg1.model, data.num_classes, image_size=data.image_size, in_chans=in_chans)
+    model = build_model(cfg1.model, data.num_classes, image_size=data.image_size, in_chans=in_channels(data))
     load_weights(model, Path(run_dir.path) / "model.safetensors")
     return model.eval()
 
@@ -244,18 +123,23 @@ def stage1_features(run_dir: RunDir, model: Classifier, data: LTData, split: str
     }
 
     def compute() -> dict[str, torch.Tensor]:
-        loader = make_loader(data, split, train=False, batch_size=cfg.train.eval_batch_size, device=device,
-                             num_workers=cfg.data.num_workers)
         model.to(device)
-        feats, labels = engine.predict(model, loader, device, cfg.train.precision, fn=model.features)
+        feats, labels = engine.predict(model, eval_loader(cfg, data, split, device), device, cfg.train.precision,
+                                       fn=model.features)
         model.cpu()
         return {"features": feats, "labels": labels}
 
     return cached_features(run_dir.path, f"{data.name}-{split}", description, compute)
 
 
+def features_of(stage1_dir: RunDir, model: Classifier, data: LTData, cfg: RunConfig, device: torch.device,
+                splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`stage1_features` of several splits."""
+    return {s: stage1_features(stage1_dir, model, data, s, cfg, device) for s in splits}
+
+
 # ----------------------------------------------------------------------------------------------
-# stage 2
+# τ sweeps
 
 
 def tau_grid(cfg: RunConfig) -> list[float]:
@@ -297,146 +181,190 @@ def _splits_to_evaluate(data: LTData, cfg: RunConfig) -> list[str]:
     return splits
 
 
-def run(cfg: RunConfig, data: LTData | None = None) -> dict:
-    """Stage 2 on the stage-1 run ``init_run``; writes and returns results.json (see the module doc)."""
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    mode = cfg.decouple.decouple_mode
-    if mode in TRAINED_MODES:
-        epoch_lr_schedule(cfg)  # fail on a warm-up before anything is written
-    stage1_dir, res1, cfg1 = load_stage1(cfg)
-    run_dir, chash = prepare_run_dir(cfg)
-    device = engine.resolve_device(cfg.run.device)
-    engine.seed_everything(cfg.run.seed)
-    data = data if data is not None else build_data(cfg.data)
-    run_dir.write_json("split_indices.json", data.provenance)
-    model = load_stage1_model(stage1_dir, cfg1, data)
-    extra: dict = {
-        "decouple_mode": mode,
-        "stage1": {"run_dir": str(stage1_dir.path), "run_id": res1.get("run_id"),
-                   "config_hash": res1.get("config_hash"), "weights_digest": weights_digest(model),
-                   "top1": res1["metrics"]["top1"]},
-    }
-    if mode in TRAINED_MODES:
-        net, ev, fit, info = _train_classifier(cfg, data, model, stage1_dir, device)
-    else:
-        net, ev, fit, info = _post_hoc(cfg, data, model, stage1_dir, device)
-    extra.update(info)
-    if data.open is not None:  # open-set protocol (OLTR F-measure) where the dataset has an open split
-        if mode in TRAINED_MODES and cfg.decouple.crt_features == "online":
-            open_logits, _ = predict_split(cfg, data, net.to(device), device, "open")
-            net.cpu()
-        else:  # the final head on the cached stage-1 features (the same formula as the evaluated logits)
-            with torch.no_grad():
-                open_logits = net.head(stage1_features(stage1_dir, model, data, "open", cfg, device)["features"])
-        add_open_set_metrics(cfg, data, ev, open_logits.float().cpu(), run_dir)
-    return write_run_results(cfg, run_dir, chash, data, net, ev, fit, device, extra=extra)
+# ----------------------------------------------------------------------------------------------
+# the modes: decouple_mode -> a small class that builds the stage-2 plan
 
 
-def _features_of(stage1_dir: RunDir, model: Classifier, data: LTData, cfg: RunConfig, device: torch.device,
-                 splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    return {s: stage1_features(stage1_dir, model, data, s, cfg, device) for s in splits}
+class Retrain:
+    """cRT / LWS: a classifier trained through ``engine.fit`` on the frozen backbone, ``online`` (images,
+    augmentation, BN per ``crt_bn_mode``) or on ``cached`` stage-1 features."""
 
+    trained = True
 
-def _post_hoc(cfg: RunConfig, data: LTData, model: Classifier, stage1_dir: RunDir, device: torch.device):
-    """τ-norm, post-hoc LA or NCM on cached stage-1 features: no training."""
-    mode = cfg.decouple.decouple_mode
-    t0 = time.perf_counter()
-    evaluated = _splits_to_evaluate(data, cfg)
-    feats = _features_of(stage1_dir, model, data, cfg, device, evaluated + (["train"] if mode == "ncm" else []))
-    labels = {s: feats[s]["labels"] for s in evaluated}
-    info: dict = {"variant": "post-hoc on cached stage-1 features (no training)", "epochs": 0}
-    if mode == "ncm":
-        metric = cfg.decouple.ncm_metric
-        mean, centroids = ncm_centroids(feats["train"]["features"], feats["train"]["labels"], data.num_classes, metric)
-        head = NCMHead(centroids, mean, metric)
-        logits = head(feats[cfg.data.eval_split]["features"])
-        info.update({"ncm_metric": metric,
-                     "selection": f"training-free (class means of the stage-1 train features, {metric})"})
-    else:
-        with torch.no_grad():
-            stage1_logits = {s: model.head(feats[s]["features"]) for s in evaluated}
-        if mode == "tau_norm":
-            weight, _ = _linear_weights(model.head, Path(stage1_dir.path))
+    def head(self, model: Classifier, data: LTData) -> nn.Module:
+        raise NotImplementedError
 
-            def logits_at(tau: float, split: str) -> torch.Tensor:
-                return tau_norm_logits(feats[split]["features"], weight, tau)
+    def record(self, head: nn.Module) -> dict:
+        return {}
+
+    def plan(self, ctx: RunContext, model: Classifier, stage1_dir: RunDir) -> Plan:
+        cfg, data, device = ctx.cfg, ctx.data, ctx.device
+        cached = cfg.decouple.crt_features == "cached"
+        engine.seed_everything(cfg.run.seed)
+        head = self.head(model, data)
+        net = FrozenBackboneClassifier(model.backbone, head, cfg.decouple.crt_bn_mode)
+        if cached:
+            feats = features_of(stage1_dir, model, data, cfg, device, ["train", cfg.data.eval_split])
+            loader, trained = train_feature_loader(cfg, feats["train"], device), head
+            loaders = SplitLoaders(lambda s: eval_feature_loader(cfg, stage1_features(stage1_dir, model, data, s, cfg,
+                                                                                      device), device))
+            loaders[cfg.data.eval_split] = eval_feature_loader(cfg, feats[cfg.data.eval_split], device)
         else:
-            def logits_at(tau: float, split: str) -> torch.Tensor:
-                return posthoc_la_logits(stage1_logits[split], data.class_counts, tau)
+            loader, trained = train_loader(cfg, data, device), net
+            loaders = SplitLoaders(lambda s: eval_loader(cfg, data, s, device), eager=(cfg.data.eval_split,))
 
+        def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return engine.predict(trained, loaders[split], device, cfg.train.precision)
+
+        info = {"variant": ("cached features (no augmentation)" if cached
+                            else f"online (frozen backbone, augmented input, BN {cfg.decouple.crt_bn_mode})"),
+                "scheduler_step": cfg.decouple.decouple_scheduler_step,
+                "trainable_parameters": int(sum(p.numel() for p in trained.parameters() if p.requires_grad))}
+        if cached:
+            name = cfg.run.name or "default"
+            info["name"] = name if "cached" in name else f"{name} [cached features]"
+        return Plan(net, predict, criterion=build_loss(cfg.loss, data.class_counts), train_loader=loader,
+                    trained=trained, lr_schedule=epoch_lr_schedule(cfg), extra=info,
+                    finish=lambda ev: self.record(head))
+
+
+class CRT(Retrain):
+    """Classifier re-training: a re-initialised linear classifier (nn.Linear init)."""
+
+    def head(self, model: Classifier, data: LTData) -> nn.Module:
+        return LinearHead(model.backbone.num_features, data.num_classes)
+
+
+class LWS(Retrain):
+    """Learnable weight scaling: z_c = g_c (w_c·f + b_c), stage-1 W, b frozen, g = 1 at the start."""
+
+    def head(self, model: Classifier, data: LTData) -> nn.Module:
+        return LWSHead(model.head, data.num_classes)
+
+    def record(self, head: nn.Module) -> dict:
+        return {"lws_scale": [float(v) for v in head.scale.detach().cpu()]}
+
+
+class PostHoc:
+    """No training: a head computed from the cached stage-1 features (τ-norm, post-hoc LA, NCM)."""
+
+    trained = False
+    needs_train = False  # also the train split's features
+
+    def solve(self, ctx: RunContext, model: Classifier, feats: dict, labels: dict,
+              stage1_dir: RunDir) -> tuple[nn.Module, torch.Tensor, dict]:
+        """(head, logits of the reported split, results keys)."""
+        raise NotImplementedError
+
+    def plan(self, ctx: RunContext, model: Classifier, stage1_dir: RunDir) -> Plan:
+        cfg, data, device = ctx.cfg, ctx.data, ctx.device
+        t0 = time.perf_counter()
+        evaluated = _splits_to_evaluate(data, cfg)
+        feats = features_of(stage1_dir, model, data, cfg, device, evaluated + (["train"] if self.needs_train else []))
+        labels = {s: feats[s]["labels"] for s in evaluated}
+        head, logits, info = self.solve(ctx, model, feats, labels, stage1_dir)
+
+        def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            if split == cfg.data.eval_split:
+                return logits.float(), labels[split]
+            f = stage1_features(stage1_dir, model, data, split, cfg, device)  # the same head on that split
+            with torch.no_grad():
+                return head(f["features"]).float().cpu(), f["labels"]
+
+        info = {"variant": "post-hoc on cached stage-1 features (no training)", "epochs": 0, **info,
+                "stage2_seconds": round(time.perf_counter() - t0, 3)}
+        return Plan(Classifier(model.backbone, head), predict, extra=info)
+
+
+class NCM(PostHoc):
+    """Nearest class mean on the stage-1 train features (``ncm_metric``)."""
+
+    needs_train = True
+
+    def solve(self, ctx, model, feats, labels, stage1_dir):
+        metric = ctx.cfg.decouple.ncm_metric
+        mean, centroids = ncm_centroids(feats["train"]["features"], feats["train"]["labels"], ctx.data.num_classes,
+                                        metric)
+        head = NCMHead(centroids, mean, metric)
+        return head, head(feats[ctx.cfg.data.eval_split]["features"]), {
+            "ncm_metric": metric, "selection": f"training-free (class means of the stage-1 train features, {metric})"}
+
+
+class TauSweep(PostHoc):
+    """A τ-family of adjusted classifiers: swept over ``tau_grid``, τ chosen by :func:`choose_tau`."""
+
+    def logits_at(self, model: Classifier, feats: dict, data: LTData, evaluated) -> Callable[[float, str], torch.Tensor]:
+        raise NotImplementedError
+
+    def adjusted_head(self, model: Classifier, tau: float, data: LTData) -> nn.Module:
+        raise NotImplementedError
+
+    def solve(self, ctx, model, feats, labels, stage1_dir):
+        cfg, data = ctx.cfg, ctx.data
+        linear_weights(model.head, Path(stage1_dir.path))  # both adjust (and save) the linear stage-1 classifier
+        logits_at = self.logits_at(model, feats, data, list(labels))
         swept = sweep(logits_at, labels, tau_grid(cfg), data, cfg)
         tau, how = choose_tau(cfg, swept, data)
-        logits = logits_at(tau, cfg.data.eval_split)
-        _linear_weights(model.head, Path(stage1_dir.path))  # the saved model holds the adjusted classifier
-        head = LinearHead(model.head.in_features, data.num_classes) if mode == "tau_norm" else copy.deepcopy(model.head)
+        head = self.adjusted_head(model, tau, data)
+        return head, logits_at(tau, cfg.data.eval_split), {"tau": tau, "tau_selection": how, "tau_sweep": swept,
+                                                            "selection": f"tau = {tau:g} ({how})"}
+
+
+class TauNorm(TauSweep):
+    """z_c = w_c·f / ‖w_c‖^τ (bias dropped)."""
+
+    def logits_at(self, model, feats, data, evaluated):
+        weight = model.head.weight.detach().clone()
+        return lambda tau, split: tau_norm_logits(feats[split]["features"], weight, tau)
+
+    def adjusted_head(self, model, tau, data):
+        head = LinearHead(model.head.in_features, data.num_classes)
         with torch.no_grad():
-            if mode == "tau_norm":
-                head.weight.copy_(tau_normalized(weight, tau))
-                head.bias.zero_()
-            else:
-                head.bias.sub_(tau * log_prior(data.class_counts))
-        info.update({"tau": tau, "tau_selection": how, "tau_sweep": swept,
-                     "selection": f"tau = {tau:g} ({how})"})
-    net = Classifier(model.backbone, head)
-    ev = Evaluation(0, logits.float(), labels[cfg.data.eval_split],
-                    evaluate_logits(logits.float(), labels[cfg.data.eval_split], data, cfg))
-    fit = engine.FitResult(train_seconds=0.0)
-    info["stage2_seconds"] = round(time.perf_counter() - t0, 3)
-    return net, ev, fit, info
+            head.weight.copy_(tau_normalized(model.head.weight.detach(), tau))
+            head.bias.zero_()
+        return head
 
 
-def _train_classifier(cfg: RunConfig, data: LTData, model: Classifier, stage1_dir: RunDir, device: torch.device):
-    """cRT or LWS through ``engine.fit``: online (images, frozen backbone) or on cached features."""
-    mode, cached = cfg.decouple.decouple_mode, cfg.decouple.crt_features == "cached"
-    engine.seed_everything(cfg.run.seed)
-    if mode == "crt":
-        head = LinearHead(model.backbone.num_features, data.num_classes)  # re-initialised (nn.Linear init)
-    else:
-        head = LWSHead(model.head, data.num_classes)  # stage-1 classifier frozen, g = 1
-    net = FrozenBackboneClassifier(model.backbone, head, cfg.decouple.crt_bn_mode)
-    criterion = build_loss(cfg.loss, data.class_counts)
-    run_dir = RunDir(cfg.run_path())
-    last: list[Evaluation] = []
-    if cached:
-        feats = _features_of(stage1_dir, model, data, cfg, device, ["train", cfg.data.eval_split])
-        train = feats["train"]
-        sampler = build_sampler(cfg.data.sampler, train["labels"], seed=cfg.run.seed, epochs=cfg.train.epochs)
-        loader = FeatureLoader(train["features"], train["labels"], batch_size=cfg.train.batch_size,
-                               device=device, sampler=sampler)
-        eval_loader = FeatureLoader(feats[cfg.data.eval_split]["features"], feats[cfg.data.eval_split]["labels"],
-                                    batch_size=cfg.train.eval_batch_size, device=device)
-        trained, predict_with = head, head
-    else:
-        loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
-                             sampler=cfg.data.sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
-                             epochs=cfg.train.epochs, augment_mode=cfg.data.augment_mode,
-                             rrc_scale_min=cfg.data.rrc_scale_min)
-        eval_loader = make_loader(data, cfg.data.eval_split, train=False, batch_size=cfg.train.eval_batch_size,
-                                  device=device, num_workers=cfg.data.num_workers)
-        trained, predict_with = net, net
+class PosthocLA(TauSweep):
+    """z = W f + b − τ log π (the stage-1 logits adjusted by the training prior)."""
 
-    def evaluate(epoch: int) -> dict:
-        logits, labels = engine.predict(predict_with, eval_loader, device, cfg.train.precision)
-        last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
-        m = last[0].metrics
-        return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in ("top1", "many", "medium", "few")}
+    def logits_at(self, model, feats, data, evaluated):
+        with torch.no_grad():
+            stage1_logits = {s: model.head(feats[s]["features"]) for s in evaluated}
+        return lambda tau, split: posthoc_la_logits(stage1_logits[split], data.class_counts, tau)
 
-    fit = engine.fit(trained, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
-                     lr_schedule=epoch_lr_schedule(cfg))
-    if not last or last[0].epoch != cfg.train.epochs - 1:
-        evaluate(cfg.train.epochs - 1)
-    info = {
-        "variant": ("cached features (no augmentation)" if cached
-                    else f"online (frozen backbone, augmented input, BN {cfg.decouple.crt_bn_mode})"),
-        "scheduler_step": cfg.decouple.decouple_scheduler_step,
-        "trainable_parameters": int(sum(p.numel() for p in trained.parameters() if p.requires_grad)),
-    }
-    if cached:
-        name = cfg.run.name or "default"
-        info["name"] = name if "cached" in name else f"{name} [cached features]"
-    if mode == "lws":
-        info["lws_scale"] = [float(v) for v in head.scale.detach().cpu()]
-    return net.cpu(), last[0], fit, info
+    def adjusted_head(self, model, tau, data):
+        head = copy.deepcopy(model.head)
+        with torch.no_grad():
+            head.bias.sub_(tau * log_prior(data.class_counts))
+        return head
+
+
+MODES: dict[str, type] = {"crt": CRT, "lws": LWS, "tau_norm": TauNorm, "posthoc_la": PosthocLA, "ncm": NCM}
+TRAINED_MODES = tuple(k for k, m in MODES.items() if m.trained)
+SWEEP_MODES = tuple(k for k, m in MODES.items() if issubclass(m, TauSweep))
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: RunConfig, data: LTData | None = None) -> dict:
+    """Stage 2 on the stage-1 run ``init_run``; writes and returns results.json (see the module doc)."""
+    name = cfg.decouple.decouple_mode
+    if name not in MODES:
+        raise ConfigError(f"decouple_mode must be one of {sorted(MODES)}, got {name!r}")
+    mode = MODES[name]()
+    if mode.trained:
+        epoch_lr_schedule(cfg)  # fail on a warm-up before anything is written
+    stage1_dir, res1, cfg1 = load_stage1(cfg)
+
+    def plan(ctx: RunContext) -> Plan:
+        model = load_stage1_model(stage1_dir, cfg1, ctx.data)
+        stage1 = {"run_dir": str(stage1_dir.path), "run_id": res1.get("run_id"), "config_hash": res1.get("config_hash"),
+                  "weights_digest": weights_digest(model), "top1": res1["metrics"]["top1"]}
+        p = mode.plan(ctx, model, stage1_dir)
+        p.extra = {"decouple_mode": name, "stage1": stage1, **p.extra}
+        return p
+
+    return run_family(cfg, plan, data=data)

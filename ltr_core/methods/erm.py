@@ -14,17 +14,14 @@ from ..config import RunConfig
 from ..data import LTData
 from ..losses import build_loss
 from ..models import build_model
-from ..study import run_supervised
+from ..study import in_channels, run_supervised
 
 NOTEBOOK = "erm.ipynb"
 
 
 def build(cfg: RunConfig, data: LTData) -> tuple[nn.Module, nn.Module]:
     """Backbone + head from the model params, loss from the loss params and the train class counts."""
-    in_chans = 3
-    if data.train.images is not None:
-        in_chans = int(data.train.images.shape[1])
-    model = build_model(cfg.model, data.num_classes, image_size=data.image_size, in_chans=in_chans)
+    model = build_model(cfg.model, data.num_classes, image_size=data.image_size, in_chans=in_channels(data))
     return model, build_loss(cfg.loss, data.class_counts)
 
 

@@ -30,175 +30,29 @@ timm's PIL one).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import engine
 from ..augment import BatchAugment
-from ..config import ConfigError, RunConfig, config_hash, to_flat
-from ..data import LTData, Split, build_data, make_loader
+from ..config import ConfigError, RunConfig
+from ..data import LTData, make_loader
 from ..losses import build_loss
 from ..models import Classifier
 from ..models.heads import build_head
-from ..models.mae import MaskedAutoencoder, MGPLoss, mae_forward_macs, vit_forward_macs
+from ..models.mae import MGPLoss, mae_forward_macs, vit_forward_macs
 from ..models.vit import build_vit, layer_decay_groups, load_encoder
-from ..results import RunDir, atomic_write_text, dump_json
-from ..stages import (StageError, format_ref, load_run_config, resolve_run, stage_config, stage_dir,
-                      state_dict_cpu)
-from ..study import completed_results, prepare_run_dir, run_supervised
+from ..stages import StageError  # noqa: F401 (livt.StageError: what find_mgp raises)
+from ..study import Plan, RunContext, in_channels, loader_kwargs, run_family, supervised_plan, train_loader
+from .livt_mgp import (ENCODER_FILE, MAE_FILE, MGP_STAGE, MGP_SUMMARY, build_mae, check_mgp_source,  # noqa: F401
+                       example_indices, find_mgp, mgp_config, mgp_data, mgp_lr, mgp_param_groups, mgp_source,
+                       mgp_stage_dir, reconstructions, run_mgp, vit_shape)
 
 NOTEBOOK = "livt.ipynb"
-MGP_STAGE = "mgp"
-ENCODER_FILE = "encoder.safetensors"
-MAE_FILE = "mae.safetensors"
-MGP_SUMMARY = "mgp.json"
 SOFT_TARGET_LOSSES = ("bal_bce", "ce")  # losses that take mixup/cutmix soft targets [B, C]
-
-
-# ---------------------------------------------------------------------------------------------- MGP
-
-
-def mgp_lr(cfg: RunConfig) -> float:
-    """MGP absolute lr = livt_mgp_blr · livt_mgp_batch_size / 256 (the MAE linear scaling rule)."""
-    return cfg.livt.livt_mgp_blr * cfg.livt.livt_mgp_batch_size / 256.0
-
-
-def mgp_config(cfg: RunConfig) -> RunConfig:
-    """The MGP stage's config: this run's with the MGP schedule, optimizer and crop, run_dir = <run_dir>/mgp."""
-    lv = cfg.livt
-    return stage_config(
-        cfg, MGP_STAGE, epochs=lv.livt_mgp_epochs, batch_size=lv.livt_mgp_batch_size,
-        accum_steps=lv.livt_mgp_accum_steps, lr=mgp_lr(cfg), optimizer="adamw", adam_beta1=0.9,
-        adam_beta2=lv.livt_mgp_beta2, weight_decay=lv.livt_mgp_weight_decay, schedule="cosine",
-        warmup_epochs=lv.livt_mgp_warmup_epochs, min_lr=0.0, image_size=lv.livt_mgp_image_size or cfg.data.image_size,
-        augment=True, augment_mode="rrc", rrc_scale_min=lv.livt_mgp_rrc_scale_min, sampler="instance",
-        grad_clip=0.0, eval_every=0)
-
-
-def vit_shape(cfg: RunConfig) -> dict:
-    """The ViT overrides of the livt section (0 keeps the timm model's value)."""
-    lv = cfg.livt
-    return {"patch_size": lv.livt_patch_size, "width": lv.livt_vit_width, "depth": lv.livt_vit_depth,
-            "heads": lv.livt_vit_heads}
-
-
-def in_channels(data: LTData) -> int:
-    return int(data.train.images.shape[1]) if data.train.images is not None else 3
-
-
-def build_mae(mcfg: RunConfig, image_size: int, in_chans: int = 3) -> MaskedAutoencoder:
-    """The MAE of an MGP stage config (encoder = the fine-tuning ViT with the cls-token head)."""
-    lv = mcfg.livt
-    encoder = build_vit(mcfg.model.model, image_size=image_size, global_pool="token", in_chans=in_chans,
-                        **vit_shape(mcfg))
-    return MaskedAutoencoder(encoder, decoder_width=lv.livt_decoder_width, decoder_depth=lv.livt_decoder_depth,
-                             decoder_heads=lv.livt_decoder_heads, mask_ratio=lv.livt_mask_ratio,
-                             norm_pix_loss=lv.livt_norm_pix_loss)
-
-
-def mgp_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: weight decay on ≥2-D tensors, none on 1-D ones (biases, LayerNorms); frozen
-    tensors (the fixed sin-cos position embedding) are left out."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _mgp_data(mcfg: RunConfig, data: LTData) -> LTData:
-    return dataclasses.replace(data, image_size=mcfg.data.image_size or data.image_size)
-
-
-def run_mgp(cfg: RunConfig, data: LTData) -> dict:
-    """Train (or resume, or skip when complete) the MGP stage of this run; returns its ``mgp.json`` summary."""
-    mcfg = mgp_config(cfg)
-    sdir = RunDir(stage_dir(cfg, MGP_STAGE))
-    chash = config_hash(mcfg)
-    summary_path = sdir / MGP_SUMMARY
-    if summary_path.is_file():
-        done = sdir.read_json(MGP_SUMMARY)
-        if done.get("status") == "complete" and done.get("config_hash") == chash:
-            print(f"skip MGP: {sdir.path} is complete", flush=True)
-            return done
-    sdir.mkdir()
-    sdir.write_config(to_flat(mcfg), chash, f"{cfg.run_id}/{MGP_STAGE}")
-    device = engine.resolve_device(cfg.run.device)
-    mdata = _mgp_data(mcfg, data)
-    engine.seed_everything(cfg.run.seed)
-    mae = build_mae(mcfg, mdata.image_size, in_channels(data))
-    loader = make_loader(mdata, "train", train=True, batch_size=mcfg.train.batch_size, device=device,
-                         sampler="instance", seed=cfg.run.seed, num_workers=cfg.data.num_workers, augment=True,
-                         drop_last=False, epochs=mcfg.train.epochs, augment_mode="rrc",
-                         rrc_scale_min=mcfg.data.rrc_scale_min)
-    optimizer = engine.build_optimizer(mgp_param_groups(mae, mcfg.optim.weight_decay), mcfg.optim)
-    fit = engine.fit(mae, MGPLoss(), loader, cfg=mcfg, run_dir=sdir, device=device, optimizer=optimizer)
-    save_safetensors(state_dict_cpu(mae.encoder), sdir / ENCODER_FILE)
-    save_safetensors(state_dict_cpu(mae), sdir / MAE_FILE)
-    history = sdir.read_metrics()
-    macs = mae_forward_macs(mae.encoder, mcfg.livt.livt_decoder_width, mcfg.livt.livt_decoder_depth,
-                            mcfg.livt.livt_mask_ratio)
-    summary = {
-        "status": "complete", "config_hash": chash, "run_id": f"{cfg.run_id}/{MGP_STAGE}",
-        "epochs": mcfg.train.epochs, "batch_size": mcfg.train.batch_size, "lr": mcfg.optim.lr,
-        "image_size": mdata.image_size, "patch_size": mae.patch_size, "num_patches": mae.num_patches,
-        "mask_ratio": mae.mask_ratio, "train_images": int(data.train.n),
-        "final_loss": history[-1]["train_loss"] if history else None,
-        "first_loss": history[0]["train_loss"] if history else None,
-        "train_seconds": round(fit.train_seconds, 3), "images_per_second": fit.images_per_second,
-        "forward_gmacs_per_image": macs / 1e9, "encoder": str(Path(sdir.path) / ENCODER_FILE),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(summary_path, dump_json(summary) + "\n")
-    return summary
-
-
-def save_safetensors(state: dict, path: Path) -> None:
-    """Atomic safetensors write."""
-    tmp = Path(f"{path}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-
-
-def find_mgp(ref: str, cfg: RunConfig) -> tuple[Path, Path | None]:
-    """(encoder file, MGP stage dir or None) named by ``init_run``: an encoder .safetensors file, or a
-    LiVT run (directory or run id) whose ``mgp/`` stage is complete."""
-    ref_path = Path(format_ref(ref, cfg)).expanduser()
-    if ref_path.is_file():
-        return ref_path, None
-    run = resolve_run(ref, cfg)
-    for sdir in (Path(run.path) / MGP_STAGE, Path(run.path)):
-        if (sdir / MGP_SUMMARY).is_file():
-            done = json_load(sdir / MGP_SUMMARY)
-            if done.get("status") != "complete" or not (sdir / ENCODER_FILE).is_file():
-                break
-            return sdir / ENCODER_FILE, sdir
-    raise StageError(f"init_run {ref!r} ({run.path}) holds no complete MGP stage ({MGP_STAGE}/{MGP_SUMMARY} and "
-                     f"{ENCODER_FILE}); run that LiVT run to the end first, or give an encoder .safetensors file")
-
-
-def json_load(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def mgp_source(cfg: RunConfig, data: LTData) -> tuple[Path | None, dict | None]:
-    """Where BFT starts: (encoder file, MGP summary) from this run's MGP, ``init_run``, or (None, None)."""
-    if cfg.run.init_run and cfg.livt.livt_mgp_epochs > 0:
-        raise ConfigError(f"init_run={cfg.run.init_run!r} and livt_mgp_epochs={cfg.livt.livt_mgp_epochs} both ask "
-                          f"for an MGP encoder: set livt_mgp_epochs: 0 to fine-tune from init_run, or clear "
-                          f"init_run to run MGP in this run")
-    if cfg.run.init_run:
-        encoder, sdir = find_mgp(cfg.run.init_run, cfg)
-        summary = json_load(sdir / MGP_SUMMARY) if sdir is not None else {"encoder": str(encoder)}
-        return encoder, {**summary, "source": "init_run", "init_run": cfg.run.init_run}
-    if cfg.livt.livt_mgp_epochs > 0:
-        summary = run_mgp(cfg, data)
-        return Path(stage_dir(cfg, MGP_STAGE)) / ENCODER_FILE, {**summary, "source": "this run"}
-    return None, None
 
 
 # ---------------------------------------------------------------------------------------------- BFT
@@ -250,102 +104,33 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """MGP (or an earlier run's MGP, or none) then BFT; returns the results.json dict."""
     if cfg.run.method != "livt":
         raise ConfigError(f"ltr_core.methods.livt runs method 'livt', got {cfg.run.method!r}")
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    prepare_run_dir(cfg)
-    if data is None:
-        engine.seed_everything(cfg.run.seed)
-        data = build_data(cfg.data)
+    check_mgp_source(cfg)
+    return run_family(cfg, bft_plan, data=data)
+
+
+def bft_plan(ctx: RunContext) -> Plan:
+    """This run's MGP (inside the claimed run directory) or the encoder it starts from, then BFT end to end."""
+    cfg, data = ctx.cfg, ctx.data
     encoder, mgp = mgp_source(cfg, data)
     augment = batch_augment(cfg, data)
-    loaded: dict = {}
-
-    def build(cfg_: RunConfig, data_: LTData):
-        model, info = build_classifier(cfg_, data_, encoder)
-        loaded.update(info)
-        return model, build_bft_loss(cfg_, data_, augment.mixing)
-
-    def make_optimizer(model: Classifier):
-        return engine.build_optimizer(bft_param_groups(model, cfg), cfg.optim)
-
     probe = build_vit(cfg.model.model, image_size=data.image_size, in_chans=in_channels(data), **vit_shape(cfg))
+    gmacs = vit_forward_macs(probe) / 1e9
+    del probe
+    engine.seed_everything(cfg.run.seed)  # the classifier's initialisation does not depend on MGP having run
+    model, loaded = build_classifier(cfg, data, encoder)
     extra = {
         "livt": {
             "mgp": mgp, "init": "mgp encoder" if encoder is not None else "random",
             "encoder": str(encoder) if encoder is not None else None, "loaded": loaded,
-            "bft_forward_gmacs_per_image": vit_forward_macs(probe) / 1e9,
+            "bft_forward_gmacs_per_image": gmacs,
             "randaugment": "ltr_core.augment (vectorised rand-m9-mstd0.5-inc1)",
         },
         "mgp_images_per_second": mgp.get("images_per_second") if mgp else None,
         "mgp_train_seconds": mgp.get("train_seconds") if mgp else None,
     }
-    del probe
-    return run_supervised(cfg, build, data=data, make_optimizer=make_optimizer, batch_transform=augment, extra=extra)
-
-
-# ---------------------------------------------------------------------------------------------- figure
-
-
-def mgp_stage_dir(cfg: RunConfig) -> Path | None:
-    """The MGP stage directory whose MAE explains this run (its own, or init_run's), if it has one."""
-    if cfg.run.init_run:
-        try:
-            _, sdir = find_mgp(cfg.run.init_run, cfg)
-        except StageError:
-            return None
-        return sdir
-    sdir = Path(stage_dir(cfg, MGP_STAGE))
-    return sdir if (sdir / MAE_FILE).is_file() else None
-
-
-def example_indices(labels: np.ndarray, n: int) -> list[int]:
-    """``n`` sample indices: the first sample of each class in label order, then the next samples in order."""
-    first = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])]
-    rest = [i for i in range(len(labels)) if i not in set(first)]
-    return (first + rest)[:n]
-
-
-def reconstructions(cfg: RunConfig, data: LTData, n: int = 8, seed: int = 0) -> dict | None:
-    """MAE reconstructions of ``n`` test images (one per class first) for the figure, or None without MGP.
-
-    Returns {"original", "masked", "reconstruction", "pasted"}: float arrays [n, H, W, C] in [0, 1]
-    (de-normalised), plus "mask_ratio", "loss" (masked MSE of these images) and "image_size".
-    """
-    sdir = mgp_stage_dir(cfg)
-    if sdir is None or not (sdir / MAE_FILE).is_file():
-        return None
-    mcfg = load_run_config(RunDir(sdir))
-    mdata = _mgp_data(mcfg, data)
-    mae = build_mae(mcfg, mdata.image_size, in_channels(data))
-    mae.load_state_dict(load_file(str(sdir / MAE_FILE)))
-    mae.eval()
-    picks = example_indices(data.test.labels.numpy(), n)
-    test = data.test
-    subset = Split(labels=test.labels[picks], images=None if test.images is None else test.images[picks],
-                   paths=None if test.paths is None else [test.paths[i] for i in picks])
-    loader = make_loader(dataclasses.replace(mdata, test=subset), "test", train=False, batch_size=len(picks),
-                         device="cpu", num_workers=0)
-    imgs = torch.cat([x for x, _ in loader])
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        pred, target, mask = mae(imgs, generator=torch.Generator().manual_seed(seed))
-        loss = float(MGPLoss()((pred, target, mask)))
-        masked, recon, pasted = mae.reconstruct(imgs, generator=gen)
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-
-    def show(t: torch.Tensor, blank: torch.Tensor | None = None) -> np.ndarray:
-        out = (t * std + mean).clamp(0, 1)
-        if blank is not None:  # masked patches shown grey
-            out = torch.where(blank, torch.full_like(out, 0.5), out)
-        return out.permute(0, 2, 3, 1).numpy()
-
-    p = mae.patch_size
-    pix_mask = mask.view(-1, 1, *mae.grid).repeat_interleave(p, 2).repeat_interleave(p, 3).bool()
-    return {"original": show(imgs), "masked": show(masked, pix_mask.expand_as(masked)),
-            "reconstruction": show(recon), "pasted": show(pasted), "mask_ratio": mae.mask_ratio,
-            "loss": loss, "image_size": mdata.image_size}
+    return supervised_plan(ctx, model, build_bft_loss(cfg, data, augment.mixing), batch_transform=augment,
+                           make_optimizer=lambda m: engine.build_optimizer(bft_param_groups(m, cfg), cfg.optim),
+                           extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------- throughput
@@ -368,7 +153,7 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
     device = engine.resolve_device(cfg.run.device)
     out: dict = {"device": str(device), "threads": torch.get_num_threads()}
     mcfg = mgp_config(cfg)
-    mdata = _mgp_data(mcfg, data)
+    mdata = mgp_data(mcfg, data)
 
     def timed(model, criterion, loader, optimizer, batch_transform, precision_cfg):
         model.to(device).train()
@@ -402,9 +187,7 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
 
     torch.manual_seed(cfg.run.seed)
     mae = build_mae(mcfg, mdata.image_size, in_channels(data))
-    loader = make_loader(mdata, "train", train=True, batch_size=mcfg.train.batch_size, device=device,
-                         seed=cfg.run.seed, augment=True, augment_mode="rrc", rrc_scale_min=mcfg.data.rrc_scale_min,
-                         num_workers=cfg.data.num_workers)
+    loader = train_loader(mcfg, mdata, device)
     opt = engine.build_optimizer(mgp_param_groups(mae, mcfg.optim.weight_decay), mcfg.optim)
     macs = mae_forward_macs(mae.encoder, mcfg.livt.livt_decoder_width, mcfg.livt.livt_decoder_depth,
                             mcfg.livt.livt_mask_ratio)
@@ -418,10 +201,7 @@ def stage_throughput(cfg: RunConfig, data: LTData, steps: int = 5, warmup: int =
     augment = batch_augment(cfg, data)
     model, _ = build_classifier(cfg, data)
     criterion = build_bft_loss(cfg, data, augment.mixing)
-    loader = make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
-                         seed=cfg.run.seed, augment=True, augment_mode=cfg.data.augment_mode,
-                         rrc_scale_min=cfg.data.rrc_scale_min, crop_padding=cfg.data.crop_padding,
-                         num_workers=cfg.data.num_workers)
+    loader = make_loader(data, "train", device=device, **{**loader_kwargs(cfg), "sampler": "instance", "augment": True})
     opt = engine.build_optimizer(bft_param_groups(model, cfg), cfg.optim)
     macs = vit_forward_macs(model.backbone)
     pe = model.backbone.patch_embed

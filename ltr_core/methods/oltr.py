@@ -32,19 +32,15 @@ from torch import nn
 
 from .. import engine, stages
 from ..config import ConfigError, RunConfig, config_hash
-from ..data import LTData, build_data, make_loader
+from ..data import LTData, build_data
 from ..losses import build_loss
 from ..models import build_backbone
 from ..models.oltr import OLTRLoss, OLTRModel, PlainModel, probe_map_size
 from ..results import RunDir
-from ..study import completed_results, run_supervised
+from ..study import completed_results, eval_loader, in_channels, run_supervised
 
 NOTEBOOK = "oltr.ipynb"
 STAGE1 = "stage1"
-
-
-def _in_chans(data: LTData) -> int:
-    return int(data.train.images.shape[1]) if data.train.images is not None else 3
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -73,7 +69,7 @@ def stage1_config(cfg: RunConfig) -> RunConfig:
 def build_stage1(cfg: RunConfig, data: LTData) -> tuple[nn.Module, nn.Module]:
     """Plain model (backbone [+ fc] + linear) and the ``loss`` (paper: ce) on the train counts."""
     backbone = build_backbone(cfg.model.model, pretrained=cfg.model.pretrained, image_size=data.image_size,
-                              in_chans=_in_chans(data))
+                              in_chans=in_channels(data))
     fc_dim = cfg.oltr.oltr_fc_dim if cfg.oltr.oltr_stage1_fc else 0
     return PlainModel(backbone, data.num_classes, fc_dim), build_loss(cfg.loss, data.class_counts)
 
@@ -116,8 +112,8 @@ def prepare_stage1(cfg: RunConfig, data: LTData) -> tuple[Path, dict]:
 def build_oltr_model(cfg: RunConfig, data: LTData) -> OLTRModel:
     """The stage-2 network (random init; :func:`load_stage1` fills it)."""
     o = cfg.oltr
-    backbone = build_backbone(cfg.model.model, pretrained="", image_size=data.image_size, in_chans=_in_chans(data))
-    map_size = probe_map_size(backbone, data.image_size, _in_chans(data))[1:] if o.oltr_attention else None
+    backbone = build_backbone(cfg.model.model, pretrained="", image_size=data.image_size, in_chans=in_channels(data))
+    map_size = probe_map_size(backbone, data.image_size, in_channels(data))[1:] if o.oltr_attention else None
     return OLTRModel(backbone, data.num_classes, map_size=map_size, attention=o.oltr_attention, fc_dim=o.oltr_fc_dim,
                      cosine_scale=cfg.model.cosine_scale, reach_scale=o.oltr_reach_scale)
 
@@ -147,9 +143,8 @@ def load_stage1(model: OLTRModel, weights: Path) -> dict:
 
 def class_centroids(model: OLTRModel, cfg: RunConfig, data: LTData, device) -> torch.Tensor:
     """M_c = mean of the direct features f of class c over the whole train split (eval transform, no sampler)."""
-    loader = make_loader(data, "train", train=False, batch_size=cfg.train.eval_batch_size, device=device,
-                         num_workers=cfg.data.num_workers)
-    feats, labels = engine.predict(model, loader, device, cfg.train.precision, fn=model.features)
+    feats, labels = engine.predict(model, eval_loader(cfg, data, "train", device), device, cfg.train.precision,
+                                   fn=model.features)
     sums = feats.new_zeros(data.num_classes, feats.shape[1]).index_add_(0, labels, feats)
     counts = labels.bincount(minlength=data.num_classes).clamp_min(1).to(feats.dtype)
     return sums / counts[:, None]

@@ -32,160 +32,29 @@ orthonormal columns (and always on ResNet towers, where w_c = t_c).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import engine
 from ..config import ConfigError, RunConfig
-from ..data import LTData, make_loader
-from ..data.base import DataError
+from ..data import LTData
 from ..data.device_loader import DeviceTensorLoader
 from ..data.image_list import ImageFileDataset
 from ..data.loaders import FileLoader
-from ..data.samplers import build_sampler
-from ..data.transforms import eval_transform, five_crop_transform, train_transform
-from ..features import FeatureLoader, cached_features, feature_key, weights_digest
+from ..data.transforms import eval_transform, five_crop_transform
+from ..features import cached_features, feature_key, train_feature_loader, weights_digest
 from ..losses import build_loss
-from ..models.clip import Clip, load_clip, text_classifier, visual_projection
-from ..models.heads import CosineHead
+from ..models.clip import Clip
 from ..models.peft import apply_peft, count_parameters, peft_info
-from ..results import RunDir
-from ..study import Evaluation, add_open_set_metrics, begin_run, completed_results, evaluate_logits, write_run_results
-from ..tte import ViewLoader, average_views, stack_views
+from ..study import Evaluation, Plan, RunContext, SplitLoaders, run_family
+from ..tte import ViewLoader, stack_views
+from .pel_model import (ZERO_SHOT_SCALE, ClipClassifier, ZeroShotHead, build_head, build_model,  # noqa: F401
+                        clip_data, clip_loader, head_init, load_run_clip, templates, text_weights, visual_features)
 
 NOTEBOOK = "pel.ipynb"
-ZERO_SHOT_SCALE = 100.0
-SUMMARY_KEYS = ("top1", "mean_per_class", "many", "medium", "few", "ece")
-
-
-# ----------------------------------------------------------------------------------------------
-# CLIP, data and text
-
-
-def load_run_clip(cfg: RunConfig, device) -> Clip:
-    """The run's CLIP (``clip_model``, ``clip_pretrained``, ``clip_interpolation``) on ``device``."""
-    return load_clip(cfg.clip.clip_model, cfg.clip.clip_pretrained, device=device,
-                     interpolation=cfg.clip.clip_interpolation)
-
-
-def clip_data(data: LTData, clip: Clip) -> LTData:
-    """The dataset with CLIP's normalisation and input size (what the towers were trained with)."""
-    if data.train.images is not None and data.train.images.shape[1] != 3:
-        raise DataError(f"{data.name}: CLIP needs 3-channel images, got {data.train.images.shape[1]} channels")
-    return dataclasses.replace(data, mean=tuple(clip.mean), std=tuple(clip.std), image_size=clip.image_size)
-
-
-def templates(cfg: RunConfig) -> tuple[str, ...]:
-    """``clip_prompt`` alone, or CLIP's 80 ImageNet templates (open_clip's OPENAI_IMAGENET_TEMPLATES)."""
-    if cfg.pel.pel_templates == "single":
-        return (cfg.clip.clip_prompt,)
-    from open_clip import OPENAI_IMAGENET_TEMPLATES
-
-    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-
-
-def text_weights(clip: Clip, class_names, cfg: RunConfig, device) -> torch.Tensor:
-    """t_c [C, embed_dim], L2-normalised (template ensemble averaged, then renormalised)."""
-    empty = [i for i, n in enumerate(class_names) if not str(n).strip()]
-    if empty:
-        raise DataError(f"classes {empty[:10]} have no name: CLIP needs a text for every class "
-                        f"(fix the dataset's class list)")
-    return text_classifier(clip, list(class_names), templates(cfg), device=device)
-
-
-def head_init(clip: Clip, t: torch.Tensor) -> torch.Tensor:
-    """Classifier weights from text features: w_c = normalize(t_c Pᵀ) (ViT) or t_c (ResNet)."""
-    proj = visual_projection(clip)
-    w = t if proj is None else t @ proj.detach().to(t.dtype).T
-    return F.normalize(w, dim=-1)
-
-
-def visual_features(visual: nn.Module, x: torch.Tensor, *, is_vit: bool, project: bool = False) -> torch.Tensor:
-    """Pre-projection feature (ViT: ln_post(CLS); ResNet: attention pool), or the projected embedding."""
-    if project or not is_vit:
-        return visual(x)
-    return visual._pool(visual.transformer(visual._embeds(x)))[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# model
-
-
-class ClipClassifier(nn.Module):
-    """logits = head(f(x)), f the (tuned) visual tower's pre-projection feature; views [B, V, C, H, W]
-    are averaged in logit space (TTE).
-
-    ``state_dict`` holds only trainable tensors and buffers (tuners, head; the whole blocks for
-    ``full``); ``load_state_dict`` accepts that and insists only on the trainable ones. BatchNorm
-    statistics of a frozen ResNet tower stay fixed in training (``freeze_norm_stats``).
-    """
-
-    def __init__(self, visual: nn.Module, head: nn.Module, *, is_vit: bool, freeze_norm_stats: bool = True):
-        super().__init__()
-        self.visual, self.head = visual, head
-        self.is_vit, self.freeze_norm_stats = is_vit, freeze_norm_stats
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return visual_features(self.visual, x, is_vit=self.is_vit)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return average_views(lambda v: self.head(self.features(v)), x)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.freeze_norm_stats:
-            for m in self.visual.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def _frozen(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if not p.requires_grad}
-
-    def state_dict(self, *args, **kwargs):
-        full = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        frozen = {prefix + n for n in self._frozen()}
-        for k in [k for k in full if k in frozen]:
-            del full[k]
-        return full
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        missing, unexpected = super().load_state_dict(state_dict, strict=False, assign=assign)
-        frozen = self._frozen()
-        missing = [k for k in missing if k not in frozen]
-        if strict and (missing or unexpected):
-            raise RuntimeError(f"ClipClassifier.load_state_dict: missing trainable tensors {missing[:5]}, "
-                               f"unexpected {unexpected[:5]} (was the checkpoint made with another pel_peft?)")
-        return nn.modules.module._IncompatibleKeys(missing, unexpected)
-
-
-def build_head(cfg: RunConfig, clip: Clip, class_names, device) -> tuple[CosineHead, torch.Tensor | None]:
-    """Cosine head (scale ``pel_scale``) on the pre-projection feature, text-initialised unless ``pel_init=random``."""
-    head = CosineHead(clip.feature_dim, len(class_names), scale=cfg.pel.pel_scale).to(device)
-    t = None
-    if cfg.pel.pel_init == "text":
-        t = text_weights(clip, class_names, cfg, device)
-        with torch.no_grad():
-            head.weight.copy_(head_init(clip, t))
-    return head, t
-
-
-def build_model(cfg: RunConfig, clip: Clip, data: LTData, device) -> tuple[ClipClassifier, dict]:
-    """apply_peft(pel_peft) on the visual tower + the text-initialised cosine head; returns (model, counts)."""
-    tower = apply_peft(clip, cfg.pel.pel_peft, num_classes=data.num_classes, bottleneck=cfg.pel.pel_bottleneck,
-                       vpt_length=cfg.pel.pel_vpt_length, partial=cfg.pel.pel_partial)
-    head, _ = build_head(cfg, clip, data.class_names, device)
-    model = ClipClassifier(clip.model.visual, head, is_vit=clip.is_vit,
-                           freeze_norm_stats=cfg.pel.pel_peft != "full").to(device)
-    counts = {"tower": count_parameters(tower), "head": count_parameters(head.parameters())}
-    counts["total"] = counts["tower"] + counts["head"]
-    return model, counts
 
 
 def lr_schedule(cfg: RunConfig) -> Callable[[int, float], float] | None:
@@ -207,21 +76,8 @@ def lr_schedule(cfg: RunConfig) -> Callable[[int, float], float] | None:
 
 
 def train_loader(cfg: RunConfig, data: LTData, device):
-    """RandomResizedCrop + flip at CLIP's input size: on the device for small images (``augment_mode``,
-    e.g. rrc 32 -> 224); image files through ``make_loader`` (bilinear, its backends and DDP sharding),
-    or PIL workers with bicubic RandomResizedCrop when ``clip_interpolation=bicubic``."""
-    part = data.train
-    if part.images is not None or cfg.clip.clip_interpolation == "bilinear":
-        return make_loader(data, "train", train=True, batch_size=cfg.train.batch_size, device=device,
-                           sampler=cfg.data.sampler, seed=cfg.run.seed, augment=cfg.data.augment,
-                           crop_padding=cfg.data.crop_padding, epochs=cfg.train.epochs,
-                           augment_mode=cfg.data.augment_mode, rrc_scale_min=cfg.data.rrc_scale_min)
-    transform = (train_transform(data.image_size, data.mean, data.std, scale=(cfg.data.rrc_scale_min, 1.0),
-                                 interpolation=cfg.clip.clip_interpolation) if cfg.data.augment
-                 else eval_transform(data.image_size, data.mean, data.std, interpolation=cfg.clip.clip_interpolation))
-    sampler = build_sampler(cfg.data.sampler, part.labels, seed=cfg.run.seed, epochs=cfg.train.epochs)
-    return FileLoader(ImageFileDataset(part.paths, part.labels, transform), batch_size=cfg.train.batch_size,
-                      device=device, sampler=sampler, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    """RandomResizedCrop + flip at CLIP's input size (:func:`~ltr_core.methods.pel_model.clip_loader`)."""
+    return clip_loader(cfg, data, "train", train=True, device=device)
 
 
 def eval_loader(cfg: RunConfig, data: LTData, split: str, device, *, tte: bool):
@@ -290,28 +146,31 @@ def head_logits(head: nn.Module, feats: torch.Tensor, device, chunk: int = 4096)
     return torch.cat(out)
 
 
-class ZeroShotHead(nn.Module):
-    """z_c = scale · cos(e, t_c) on the projected image embedding e (CLIP's zero-shot classifier)."""
-
-    def __init__(self, text: torch.Tensor, scale: float = ZERO_SHOT_SCALE):
-        super().__init__()
-        self.register_buffer("weight", F.normalize(text.float(), dim=-1))
-        self.scale = scale
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(e.float(), dim=-1) @ self.weight.T
-
-
 # ----------------------------------------------------------------------------------------------
-# runs
+# runs: one plan per variant, run by ltr_core.study.run_family
 
 
-def _summary(m: dict) -> dict:
-    return {k: m.get(k) for k in SUMMARY_KEYS}
+def run(cfg: RunConfig, data: LTData | None = None) -> dict:
+    """Train (pel) or just evaluate (zeroshot); write the run directory; returns the results.json dict."""
+    if cfg.run.method == "pel":
+        lr_schedule(cfg)  # a warm-up with the epoch-wise schedule fails before anything is written
+    if cfg.run.method == "zeroshot":
+        build = zeroshot_plan
+    elif cfg.pel.pel_peft == "linear_probe" and cfg.pel.pel_cached_features:
+        build = cached_probe_plan
+    else:
+        build = finetune_plan
+    return run_family(cfg, lambda ctx: build(ctx, run_clip(ctx)), data=data)
 
 
-def _scalars(m: dict) -> dict:
-    return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in ("top1", "many", "medium", "few", "ece")}
+def run_clip(ctx: RunContext) -> Clip:
+    """The run's frozen CLIP; ``ctx.data`` moves to CLIP's input size and normalisation."""
+    clip = load_run_clip(ctx.cfg, ctx.device)
+    clip.model.requires_grad_(False)
+    ctx.data = clip_data(ctx.data, clip)
+    print(f"CLIP {clip.name} ({clip.pretrained or 'random init'}), {clip.activation}, input {clip.image_size} px, "
+          f"{clip.interpolation}; feature {clip.feature_dim}-d", flush=True)
+    return clip
 
 
 def _extra(cfg: RunConfig, clip: Clip, data: LTData, features: str, counts: dict | None = None) -> dict:
@@ -322,126 +181,68 @@ def _extra(cfg: RunConfig, clip: Clip, data: LTData, features: str, counts: dict
     return extra
 
 
-def _open_set(cfg: RunConfig, clip: Clip, data: LTData, ev: Evaluation, head: nn.Module, run_dir: RunDir, device, *,
-              project: bool) -> None:
-    """Open-set metrics (OLTR protocol) from cached open-split features when the dataset has an open split."""
-    if data.open is None:
-        return
-    feats = frozen_features(cfg, clip, data, "open", device, tte=cfg.pel.pel_tte, project=project)
-    add_open_set_metrics(cfg, data, ev, head_logits(head, feats["features"], device), run_dir)
+def _record_trainable(counts: dict) -> Callable[[Evaluation], None]:
+    def finish(ev: Evaluation) -> None:
+        ev.metrics["trainable"] = counts
+    return finish
 
 
-def run(cfg: RunConfig, data: LTData | None = None) -> dict:
-    """Train (pel) or just evaluate (zeroshot); write the run directory; returns the results.json dict."""
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    if cfg.run.method == "pel":
-        lr_schedule(cfg)  # a warm-up with the epoch-wise schedule fails before anything is written
-    run_dir, chash, device, data = begin_run(cfg, data)
-    clip = load_run_clip(cfg, device)
-    clip.model.requires_grad_(False)
-    data = clip_data(data, clip)
-    print(f"CLIP {clip.name} ({clip.pretrained or 'random init'}), {clip.activation}, input {clip.image_size} px, "
-          f"{clip.interpolation}; feature {clip.feature_dim}-d", flush=True)
-    if cfg.run.method == "zeroshot":
-        return run_zeroshot(cfg, clip, data, run_dir, chash, device)
-    if cfg.pel.pel_peft == "linear_probe" and cfg.pel.pel_cached_features:
-        return run_cached_probe(cfg, clip, data, run_dir, chash, device)
-    return run_finetune(cfg, clip, data, run_dir, chash, device)
+def _cached_predictor(cfg: RunConfig, clip: Clip, data: LTData, head: nn.Module, device, *, project: bool):
+    """(predict(split), no-TTE view) of ``head`` on cached frozen-tower features: the headline's views
+    (TTE crops averaged when ``pel_tte``) and, with TTE on, the plain centre crop as ``no_tte``."""
+    tte = cfg.pel.pel_tte
+    views = {t: frozen_features(cfg, clip, data, cfg.data.eval_split, device, tte=t, project=project) for t in {tte, False}}
+
+    def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        f = views[tte] if split == cfg.data.eval_split else frozen_features(cfg, clip, data, split, device, tte=tte,
+                                                                             project=project)
+        return head_logits(head, f["features"], device), f["labels"]
+
+    plain = (lambda: (head_logits(head, views[False]["features"], device), views[False]["labels"])) if tte else None
+    return predict, plain
 
 
-def _last_epoch_evaluation(cfg: RunConfig, last: list[Evaluation], evaluate: Callable[[int], dict]) -> Evaluation:
-    """The last epoch's evaluation (run now where ``eval_every`` skipped it), its summary kept as ``no_tte``
-    until a test-time-ensembling run replaces that with the plain view's numbers."""
-    if not last or last[0].epoch != cfg.train.epochs - 1:
-        evaluate(cfg.train.epochs - 1)
-    ev = last[0]
-    ev.metrics["no_tte"] = _summary(ev.metrics)
-    return ev
-
-
-def run_finetune(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chash: str, device) -> dict:
-    """PEFT (or full / head-only) training through ``engine.fit`` on augmented images; last-epoch evaluation."""
+def finetune_plan(ctx: RunContext, clip: Clip) -> Plan:
+    """PEFT (or full / head-only) training on augmented images; last-epoch evaluation with the headline views."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
     model, counts = build_model(cfg, clip, data, device)
     print(f"pel_peft={cfg.pel.pel_peft}: trainable {counts}", flush=True)
     criterion = build_loss(cfg.loss, data.class_counts)
     loader = train_loader(cfg, data, device)
-    headline = eval_loader(cfg, data, cfg.data.eval_split, device, tte=cfg.pel.pel_tte)
-    last: list[Evaluation] = []
+    headline = SplitLoaders(lambda s: eval_loader(cfg, data, s, device, tte=cfg.pel.pel_tte), eager=(cfg.data.eval_split,))
 
-    def evaluate(epoch: int) -> dict:
-        logits, labels = engine.predict(model, headline, device, cfg.train.precision)
-        last[:] = [Evaluation(epoch, logits, labels, evaluate_logits(logits, labels, data, cfg))]
-        return _scalars(last[0].metrics)
+    def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return engine.predict(model, headline[split], device, cfg.train.precision)
 
-    fit = engine.fit(model, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
-                     lr_schedule=lr_schedule(cfg))
-    ev = _last_epoch_evaluation(cfg, last, evaluate)
-    if cfg.pel.pel_tte:
-        plain = eval_loader(cfg, data, cfg.data.eval_split, device, tte=False)
-        logits, labels = engine.predict(model, plain, device, cfg.train.precision)
-        ev.metrics["no_tte"] = _summary(evaluate_logits(logits, labels, data, cfg))
-    if data.open is not None:  # OLTR open-set protocol, with the headline's views
-        open_logits, _ = engine.predict(model, eval_loader(cfg, data, "open", device, tte=cfg.pel.pel_tte), device,
-                                        cfg.train.precision)
-        add_open_set_metrics(cfg, data, ev, open_logits, run_dir)
-    ev.metrics["trainable"] = counts
-    return write_run_results(cfg, run_dir, chash, data, model, ev, fit, device,
-                             extra=_extra(cfg, clip, data, "online", counts))
+    no_tte = (lambda: engine.predict(model, eval_loader(cfg, data, cfg.data.eval_split, device, tte=False), device,
+                                     cfg.train.precision)) if cfg.pel.pel_tte else None
+    return Plan(model, predict, criterion=criterion, train_loader=loader, lr_schedule=lr_schedule(cfg),
+                views={"no_tte": no_tte}, finish=_record_trainable(counts),
+                extra=_extra(cfg, clip, data, "online", counts))
 
 
-def run_cached_probe(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chash: str, device) -> dict:
+def cached_probe_plan(ctx: RunContext, clip: Clip) -> Plan:
     """Classifier-only training on cached frozen-tower features (no train augmentation: a labelled variant)."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
     apply_peft(clip, "linear_probe", num_classes=data.num_classes)
     train = frozen_features(cfg, clip, data, "train", device, tte=False, project=False)
-    views = {tte: frozen_features(cfg, clip, data, cfg.data.eval_split, device, tte=tte, project=False)
-             for tte in ({cfg.pel.pel_tte, False})}
     head, _ = build_head(cfg, clip, data.class_names, device)
+    predict, plain = _cached_predictor(cfg, clip, data, head, device, project=False)
     counts = {"tower": 0, "head": count_parameters(head.parameters())}
     counts["total"] = counts["head"]
-    sampler = build_sampler(cfg.data.sampler, train["labels"], seed=cfg.run.seed, epochs=cfg.train.epochs)
-    loader = FeatureLoader(train["features"], train["labels"], batch_size=cfg.train.batch_size, device=device,
-                           sampler=sampler)
-    criterion = build_loss(cfg.loss, data.class_counts)
-    test = views[cfg.pel.pel_tte]
-    last: list[Evaluation] = []
-
-    def evaluate(epoch: int) -> dict:
-        logits = head_logits(head, test["features"], device)
-        last[:] = [Evaluation(epoch, logits, test["labels"], evaluate_logits(logits, test["labels"], data, cfg))]
-        return _scalars(last[0].metrics)
-
-    fit = engine.fit(head, criterion, loader, cfg=cfg, run_dir=run_dir, device=device, evaluate=evaluate,
-                     lr_schedule=lr_schedule(cfg))
-    ev = _last_epoch_evaluation(cfg, last, evaluate)
-    if cfg.pel.pel_tte:
-        plain = views[False]
-        ev.metrics["no_tte"] = _summary(evaluate_logits(head_logits(head, plain["features"], device),
-                                                        plain["labels"], data, cfg))
-    _open_set(cfg, clip, data, ev, head, run_dir, device, project=False)
-    ev.metrics["trainable"] = counts
-    return write_run_results(cfg, run_dir, chash, data, head, ev, fit, device,
-                             extra=_extra(cfg, clip, data, "cached (frozen tower, no train augmentation)", counts))
+    return Plan(head, predict, criterion=build_loss(cfg.loss, data.class_counts),
+                train_loader=train_feature_loader(cfg, train, device), lr_schedule=lr_schedule(cfg),
+                views={"no_tte": plain}, finish=_record_trainable(counts),
+                extra=_extra(cfg, clip, data, "cached (frozen tower, no train augmentation)", counts))
 
 
-def run_zeroshot(cfg: RunConfig, clip: Clip, data: LTData, run_dir: RunDir, chash: str, device) -> dict:
+def zeroshot_plan(ctx: RunContext, clip: Clip) -> Plan:
     """z = 100 · cos(f P, t_c) on cached projected features; no training."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
     t0 = time.perf_counter()
     head = ZeroShotHead(text_weights(clip, data.class_names, cfg, device)).to(device)
-    views = {tte: frozen_features(cfg, clip, data, cfg.data.eval_split, device, tte=tte, project=True)
-             for tte in ({cfg.pel.pel_tte, False})}
-    test = views[cfg.pel.pel_tte]
-    logits = head_logits(head, test["features"], device)
-    ev = Evaluation(0, logits, test["labels"], evaluate_logits(logits, test["labels"], data, cfg))
-    ev.metrics["no_tte"] = _summary(ev.metrics)
-    if cfg.pel.pel_tte:
-        plain = views[False]
-        ev.metrics["no_tte"] = _summary(evaluate_logits(head_logits(head, plain["features"], device),
-                                                        plain["labels"], data, cfg))
-    _open_set(cfg, clip, data, ev, head, run_dir, device, project=True)
-    ev.metrics["trainable"] = {"tower": 0, "head": 0, "total": 0}
-    fit = engine.FitResult(train_seconds=time.perf_counter() - t0)
+    predict, plain = _cached_predictor(cfg, clip, data, head, device, project=True)
     extra = _extra(cfg, clip, data, "cached (frozen tower)")
     extra.update({"epochs": 0, "selection": "no training", "zero_shot_scale": head.scale})
-    return write_run_results(cfg, run_dir, chash, data, head, ev, fit, device, extra=extra)
+    return Plan(head, predict, views={"no_tte": plain}, finish=_record_trainable({"tower": 0, "head": 0, "total": 0}),
+                extra=extra, train_seconds=time.perf_counter() - t0)

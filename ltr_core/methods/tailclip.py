@@ -27,15 +27,10 @@ is monitored (``val_map`` in metrics.jsonl) and what a user should tune on.
 
 from __future__ import annotations
 
-import io
 import math
-import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import engine, metrics
@@ -43,11 +38,11 @@ from ..config import RunConfig
 from ..data import LTData, build_data
 from ..data.multilabel import carve_val_split, group_counts, make_multilabel_loader
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..evaluation import MultiLabel
 from ..models.clip import load_clip
 from ..models.tailclip import TailCLIPNet, TailCLIPOutput
 from ..multilabel_losses import build_multilabel_loss, clip_contrastive_loss
-from ..results import RunDir, atomic_write_bytes, versions
-from ..study import _device_name, begin_run, completed_results
+from ..study import Plan, RunContext, SplitLoaders, run_family
 
 NOTEBOOK = "tailclip.ipynb"
 SELECTION = "last epoch (no selection on test; TailCLIP / LMPT select checkpoints on the test split)"
@@ -148,14 +143,6 @@ def loader(cfg: RunConfig, data: LTData, split: str, *, train: bool, device, cli
         flip=cfg.data.augment, interpolation=cfg.clip.clip_interpolation)
 
 
-def evaluate(net: TailCLIPNet, eval_loader, device, cfg: RunConfig, data: LTData) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(logits, targets, :func:`ltr_core.metrics.multilabel_evaluate` dict) over a loader."""
-    logits, targets = engine.predict(net, eval_loader, device, cfg.train.precision, fn=net.logits)
-    m = metrics.multilabel_evaluate(logits.numpy(), targets.numpy(), group_counts(data),
-                                    head=cfg.data.shot_many, tail=cfg.data.shot_few)
-    return logits, targets, m
-
-
 def profile_table(data: LTData, head: int = 100, tail: int = 20) -> pd.DataFrame:
     """One row per class: name, training images containing it, test images containing it, group."""
     counts = group_counts(data)
@@ -163,56 +150,6 @@ def profile_table(data: LTData, head: int = 100, tail: int = 20) -> pd.DataFrame
     df = pd.DataFrame({"class": data.class_names, "train": counts, "test": data.test_counts,
                        "group": [group_of[i] for i in range(data.num_classes)]})
     return df.sort_values("train", ascending=False, kind="stable")
-
-
-# ----------------------------------------------------------------------------- results
-
-def save_multilabel_logits(run_dir: RunDir, logits: torch.Tensor, targets: torch.Tensor, split: str) -> Path:
-    """logits.npz with ``logits`` float32 [N, C], ``targets`` uint8 [N, C] (multi-hot) and ``split``."""
-    buf = io.BytesIO()
-    np.savez(buf, logits=logits.numpy().astype(np.float32), targets=targets.numpy().astype(np.uint8),
-             split=np.array(split))
-    return atomic_write_bytes(run_dir.logits_path, buf.getvalue())
-
-
-def write_results(cfg: RunConfig, run_dir: RunDir, chash: str, data: LTData, net: TailCLIPNet | None,
-                  logits: torch.Tensor, targets: torch.Tensor, m: dict, fit: engine.FitResult, device,
-                  extra: dict) -> dict:
-    """model.safetensors (fine-tuned runs), logits.npz, per_class.csv (AP) and results.json (last, atomically).
-
-    ``metrics`` holds the multi-label numbers (map, map_head, map_medium, map_tail, map_softmax*), and the
-    keys every run carries with their multi-label meaning (many/medium/few = head/medium/tail mAP,
-    top1 = precision@1, ece of the top-1 guess; see :func:`ltr_core.metrics.multilabel_evaluate`).
-    ``class_counts`` are the group-defining counts (full training list), ``train_class_counts`` what the
-    model trained on.
-    """
-    path = Path(run_dir.path)
-    if net is not None:
-        tmp = path / "model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
-        tmp.replace(path / "model.safetensors")
-    if cfg.run.save_logits:
-        save_multilabel_logits(run_dir, logits, targets, cfg.data.eval_split)
-    counts = group_counts(data)
-    eval_counts = targets.numpy().astype(np.int64).sum(axis=0)
-    run_dir.write_per_class(data.class_names, counts, eval_counts, m["per_class"], m["shot_groups"], value_name="ap")
-    results = {
-        "run_id": cfg.run_id, "name": cfg.run.name or "default", "dataset": cfg.data.dataset, "method": cfg.run.method,
-        "task": "multilabel", "loss": cfg.tailclip.tailclip_loss if cfg.tailclip.tailclip_mode == "finetune" else "none",
-        "model": cfg.clip.clip_model, "seed": cfg.run.seed, "config_hash": chash, "eval_split": cfg.data.eval_split,
-        "selection": SELECTION, "epochs": cfg.train.epochs if cfg.tailclip.tailclip_mode == "finetune" else 0,
-        "metrics": {k: v for k, v in m.items() if k not in ("per_class", "per_class_softmax", "shot_groups")},
-        "class_counts": [int(c) for c in counts],
-        "train_class_counts": [int(c) for c in data.class_counts],
-        "per_class": m["per_class"], "per_class_softmax": m["per_class_softmax"],
-        "shot_groups": m["shot_groups"],
-        "train_seconds": round(fit.train_seconds, 3), "images_per_second": fit.images_per_second,
-        "resumed_from_epoch": fit.resumed_from, "device": _device_name(device), "versions": versions(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "complete",
-    }
-    results.update(extra)
-    run_dir.write_results(results)
-    return results
 
 
 # ----------------------------------------------------------------------------- run
@@ -223,33 +160,40 @@ def run(cfg: RunConfig, data: LTData | None = None) -> dict:
         raise ValueError("tailclip runs on one device (the original trains with batch 8 on one GPU); use dist_nproc=1")
     if cfg.data.eval_split == "val" and cfg.tailclip.tailclip_val_fraction <= 0:
         raise ValueError("eval_split=val needs a val split: set tailclip_val_fraction > 0")
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    run_dir, chash, device, data = begin_run(cfg, load=lambda: prepare_data(cfg, data))
+    return run_family(cfg, plan, load=lambda: prepare_data(cfg, data))
+
+
+def plan(ctx: RunContext) -> Plan:
+    """The network, its objective and loaders (finetune), multi-label evaluation of the reported split; the
+    carved val split (if any) is what is monitored per epoch (``val_*`` in metrics.jsonl)."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
+    t = cfg.tailclip
     net, clip, params = build_network(cfg, data, device)
-    eval_loader = loader(cfg, data, cfg.data.eval_split, train=False, device=device, clip=clip)
-    fit = engine.FitResult()
-    extra = {"clip": clip.record(), "mode": cfg.tailclip.tailclip_mode, "score": "sigmoid (map); softmax (map_softmax)",
+    loaders = SplitLoaders(lambda s: loader(cfg, data, s, train=False, device=device, clip=clip),
+                           eager=(cfg.data.eval_split,))
+    evaluator = MultiLabel(cfg, data)
+
+    def predict(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return engine.predict(net, loaders[split], device, cfg.train.precision, fn=net.logits)
+
+    def evaluate_val(epoch: int) -> dict:
+        m = evaluator.metrics(*predict("val"))
+        return {f"val_{k}": float(m[k]) if m[k] is not None else float("nan")
+                for k in ("map", "map_head", "map_medium", "map_tail", "map_softmax")}
+
+    finetune = t.tailclip_mode == "finetune"
+    extra = {"loss": t.tailclip_loss if finetune else "none", "model": cfg.clip.clip_model, "selection": SELECTION,
+             "epochs": cfg.train.epochs if finetune else 0, "clip": clip.record(), "mode": t.tailclip_mode,
+             "score": "sigmoid (map); softmax (map_softmax)",
              "shot_rule": {"head": f">={cfg.data.shot_many}", "medium": f"{cfg.data.shot_few}-{cfg.data.shot_many - 1}",
                            "tail": f"<{cfg.data.shot_few}"}}
-    if cfg.tailclip.tailclip_mode == "finetune":
-        objective = build_objective(cfg, data, net)
-        train_loader = loader(cfg, data, "train", train=True, device=device, clip=clip)
-        val_loader = loader(cfg, data, "val", train=False, device=device, clip=clip) if data.val is not None else None
-
-        def evaluate_val(epoch: int) -> dict:
-            m = evaluate(net, val_loader, device, cfg, data)[2]
-            return {f"val_{k}": float(m[k]) if m[k] is not None else float("nan")
-                    for k in ("map", "map_head", "map_medium", "map_tail", "map_softmax")}
-
-        fit = engine.fit(net, objective, train_loader, cfg=cfg, run_dir=run_dir, device=device,
-                         evaluate=evaluate_val if val_loader is not None else None,
-                         optimizer=make_optimizer(params, cfg), lr_schedule=epoch_cosine(cfg))
-        if val_loader is not None:
-            extra["val_metrics"] = evaluate_val(cfg.train.epochs - 1)
-        extra["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
-        extra["peft"] = cfg.tailclip.tailclip_peft or "full fine-tuning"
-    logits, targets, m = evaluate(net, eval_loader, device, cfg, data)
-    return write_results(cfg, run_dir, chash, data, net if cfg.tailclip.tailclip_mode == "finetune" else None,
-                         logits, targets, m, fit, device, extra)
+    if not finetune:
+        return Plan(None, predict, evaluator=evaluator, extra=extra)
+    extra.update({"trainable_params": sum(p.numel() for p in params if p.requires_grad),
+                  "peft": t.tailclip_peft or "full fine-tuning"})
+    has_val = data.val is not None
+    return Plan(net, predict, criterion=build_objective(cfg, data, net), evaluator=evaluator,
+                train_loader=loader(cfg, data, "train", train=True, device=device, clip=clip),
+                optimizer=make_optimizer(params, cfg), lr_schedule=epoch_cosine(cfg),
+                monitor=evaluate_val if has_val else None, extra=extra,
+                finish=(lambda ev: {"val_metrics": evaluate_val(cfg.train.epochs - 1)}) if has_val else None)
