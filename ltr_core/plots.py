@@ -61,19 +61,21 @@ def set_style() -> None:
     })
 
 
-def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (atomically; the folder is created).
-
-    No creation date or software stamp is embedded, so regenerating an unchanged figure leaves the
-    committed files byte-identical.
-    """
-    paths = []
+def render(fig: Figure, name: str) -> dict[str, bytes]:
+    """``{"<name>.png": bytes, "<name>.pdf": bytes}`` of ``fig``, in memory (a report writes them later); no
+    creation date or software stamp is embedded, so an unchanged figure gives byte-identical files."""
     stamps = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
+    out = {}
     for fmt in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, metadata=stamps[fmt])
-        paths.append(atomic_write_bytes(Path(out_dir) / f"{name}.{fmt}", buf.getvalue()))
-    return paths
+        out[f"{name}.{fmt}"] = buf.getvalue()
+    return out
+
+
+def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (:func:`render`, each atomically; the folder is created)."""
+    return [atomic_write_bytes(Path(out_dir) / fname, data) for fname, data in render(fig, name).items()]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -83,10 +85,7 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _new_ax(ax, width: float, height: float):
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=(width, height))
-    return fig, ax
+    return (ax.figure, ax) if ax is not None else plt.subplots(figsize=(width, height))
 
 
 def _draw_boundaries(ax, sorted_counts: np.ndarray, many: int, few: int) -> None:
@@ -186,7 +185,7 @@ def plot_shot_bars(df: pd.DataFrame, metrics: Sequence[str] = ("many", "medium",
     """Grouped bars: one group per metric (Many, Medium, Few, All = top1), one bar per method(-name);
     bar = mean over seeds, error bar = std over seeds (ddof=1). NaN groups (empty) are simply absent.
 
-    ``df`` comes from :func:`ltr_core.results.collect`, filtered to one dataset.
+    ``df`` comes from :func:`ltr_core.collect.collect`, filtered to one dataset.
     """
     if "dataset" in df.columns and df["dataset"].nunique() > 1:
         raise ValueError(f"plot_shot_bars needs one dataset, got {sorted(df['dataset'].unique())}; filter df first")
@@ -306,12 +305,11 @@ def plot_open_set_sweep(sweeps: Mapping[str, Mapping[str, Sequence[float]]], the
     colors = _palette(max(len(sweeps), 1))
     for color, (label, sw) in zip(colors, sweeps.items()):
         t = np.asarray(sw["theta"], dtype=float)
-        left.plot(t, np.asarray(sw["f_measure"], dtype=float), color=color, label=f"{label} (post-fix)")
-        left.plot(t, np.asarray(sw["f_measure_pre_fix"], dtype=float), color=color, linestyle="--",
-                  label=f"{label} (pre-fix)")
-        right.plot(t, np.asarray(sw["closed_accuracy"], dtype=float), color=color, label=f"{label}: known accuracy")
-        right.plot(t, np.asarray(sw["open_rejection"], dtype=float), color=color, linestyle=":",
-                   label=f"{label}: open rejected")
+        for ax, key, style, text in ((left, "f_measure", "-", " (post-fix)"),
+                                     (left, "f_measure_pre_fix", "--", " (pre-fix)"),
+                                     (right, "closed_accuracy", "-", ": known accuracy"),
+                                     (right, "open_rejection", ":", ": open rejected")):
+            ax.plot(t, np.asarray(sw[key], dtype=float), color=color, linestyle=style, label=label + text)
     for ax in (left, right):
         if theta is not None:
             ax.axvline(theta, **BOUNDARY_STYLE)
@@ -341,8 +339,7 @@ def plot_alpha_sweep(sweep: Sequence[Mapping[str, Any]], alpha: float | None = N
     ax.set_xlim(0, 1)
     ax.set_xlabel(r"$\alpha$ (0: linguistic branch, 1: visual branch)")
     ax.set_ylabel("accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize="small")
+    ax.set_title(title, fontsize="small")
     ax.legend(fontsize="small", ncols=2)
     return fig
 
@@ -396,7 +393,6 @@ def plot_posthoc_sweep(sweeps: Mapping[str, Any] | Sequence[Mapping[str, Any]], 
     ax.set_xlim(taus.min(), taus.max())
     ax.set_xlabel(POSTHOC_KNOBS.get(knob, knob or r"$\tau$"))
     ax.set_ylabel(f"{split} accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize="small")
+    ax.set_title(title, fontsize="small")
     ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig

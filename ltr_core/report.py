@@ -1,31 +1,46 @@
-"""A suite's report: collect its ``results.json`` files, write the tables and the figures.
+"""A suite's report: collect exactly its runs, write the tables, the figures and one ``index.html``.
 
-Called by ``notebooks/report.ipynb`` (which ``ltr report`` / ``ltr suite`` execute). Output, under
-the suite's figures folder (``figures/<suite>/`` by default):
+Called by ``notebooks/report.ipynb`` (which ``ltr report`` / ``ltr suite`` execute). Output, in the
+report folder (:func:`report_dir`: ``figures/<suite>/`` for the suite as committed; a suite run with
+overrides goes to ``results/<suite>-<override digest>/report/`` so it never overwrites the committed
+figures; ``ltr report --out DIR`` anywhere):
 
 * ``summary.{md,tex,csv}``: rows = dataset / method / run name, columns Many | Medium | Few | All
   (+ ECE), mean ± std over seeds, best in bold, published numbers (the suite's ``report.published``
-  list) below ours marked "(published)";
-* ``runs.csv``: every run, one row each (the numbers behind the table);
+  list) below ours marked "(published)"; summary.md starts with which runs were counted;
+* ``runs.csv``: every counted run, one row each (the numbers behind the table);
 * ``shot_bars_<dataset>.{png,pdf}``: many/medium/few/all grouped bars, error bars over seeds;
-* ``per_class_<dataset>.{png,pdf}``: per-class accuracy against classes sorted by training count.
+* ``per_class_<dataset>.{png,pdf}``: per-class accuracy against classes sorted by training count;
+* ``index.html``: the tables and every PNG of the folder on one page (relative links, no network);
+* ``report.json``: the files written, the runs counted and every run not counted, with why.
+
+Which runs count: :mod:`ltr_core.collect` (exactly the suite's run x seed directories, complete and
+with today's config hash). Every file is computed in memory first and written (atomically, one by
+one) only after all of them were computed, so a report that fails leaves the previous one intact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from . import plots
-from .results import atomic_write_text, collect, summary_numeric, summary_table, write_tables
+from .collect import ExpectedRun, collect_suite, folder_expected_runs, shown_path, suite_expected_runs
+from .pivot import pivot_row_key, pivot_tables, pivots_from_csv, render_pivot_tables, run_param  # noqa: F401
+from .results import atomic_write_bytes, dump_json
+from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
 
 TABLE_METRICS = ("many", "medium", "few", "top1", "ece")
+REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels")
+MANIFEST = "report.json"
 
 
 def dataset_profile(lt, many: int = 100, few: int = 20) -> dict[str, Any]:
@@ -34,11 +49,8 @@ def dataset_profile(lt, many: int = 100, few: int = 20) -> dict[str, Any]:
 
     groups = shot_groups(lt.class_counts, many=many, few=few)
     return {
-        "dataset": lt.name,
-        "num_classes": lt.num_classes,
-        "train_images": int(lt.train.n),
-        "test_images": int(lt.test.n),
-        "val_images": int(lt.val.n) if lt.val is not None else None,
+        "dataset": lt.name, "num_classes": lt.num_classes, "train_images": int(lt.train.n),
+        "test_images": int(lt.test.n), "val_images": int(lt.val.n) if lt.val is not None else None,
         "open_images": int(lt.open.n) if lt.open is not None else None,
         "imbalance_ratio": float(lt.class_counts.max() / max(lt.class_counts.min(), 1)),
         "class_counts": [int(c) for c in lt.class_counts],
@@ -71,123 +83,55 @@ def published_frame(entries: list[dict[str, Any]] | None) -> pd.DataFrame | None
     return pd.DataFrame(rows)
 
 
-def per_class_matrix(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """{method-name: [seeds, C] per-class accuracy} and the class counts, for one dataset."""
+def _results(row, cache: Mapping[str, dict] | None) -> dict:
+    if cache is not None and str(row["path"]) in cache:
+        return cache[str(row["path"])]
+    return json.loads((Path(row["path"]) / "results.json").read_text())
+
+
+def _curve_label(df: pd.DataFrame, row) -> str:
+    return f"{row['method']}-{row['name']}" if df["name"].nunique() > 1 else str(row["method"])
+
+
+def per_class_matrix(df: pd.DataFrame,
+                     results: Mapping[str, dict] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """{method-name: [seeds, C] per-class accuracy} and the class counts, for one dataset (``results``:
+    parsed results.json by run directory, else read from disk)."""
     curves: dict[str, list] = {}
     counts = None
     for _, row in df.iterrows():
-        res = json.loads((Path(row["path"]) / "results.json").read_text())
-        label = f"{row['method']}-{row['name']}" if df["name"].nunique() > 1 else str(row["method"])
-        curves.setdefault(label, []).append([np.nan if v is None else v for v in res["per_class"]])
+        res = _results(row, results)
+        curves.setdefault(_curve_label(df, row), []).append([np.nan if v is None else v for v in res["per_class"]])
         counts = np.asarray(res["class_counts"])
     return {k: np.asarray(v, dtype=float) for k, v in curves.items()}, counts
 
 
-def open_set_sweeps(df: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
+def open_set_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, dict[str, list[float]]]:
     """{method-name: open-set theta sweep (metrics.f_measure_sweep) averaged over seeds}, for one dataset;
     runs without an open-set evaluation are left out (empty dict: none has one)."""
     runs: dict[str, list[dict]] = {}
     for _, row in df.iterrows():
-        res = json.loads((Path(row["path"]) / "results.json").read_text())
-        sweep = (res.get("metrics") or {}).get("f_measure_sweep")
+        sweep = (_results(row, results).get("metrics") or {}).get("f_measure_sweep")
         if sweep:
-            label = f"{row['method']}-{row['name']}" if df["name"].nunique() > 1 else str(row["method"])
-            runs.setdefault(label, []).append(sweep)
+            runs.setdefault(_curve_label(df, row), []).append(sweep)
     with warnings.catch_warnings():  # a threshold where every seed is NaN (nothing accepted) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return {label: {k: np.nanmean(np.asarray([s[k] for s in sw], dtype=float), axis=0).tolist() for k in sw[0]}
                 for label, sw in runs.items()}
 
 
-REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels")
-
-
-def build_suite_report(suite, results_root: str | Path, figures_dir: str | Path | None = None) -> dict:
-    """:func:`build_report` with the options of a suite file's ``report:`` block.
-
-    Valid options: ``title``, ``published`` (list of rows: dataset, method, metric values),
-    ``metrics`` (table columns, default many, medium, few, top1, ece; e.g. add f_measure or use
-    map, map_head, map_medium, map_tail), ``figures_dir``, ``columns_by`` (a flat run parameter, e.g.
-    ``imbalance_ratio``, whose values become column blocks: rows = methods, columns Many | Medium | Few |
-    All per IR; published rows then carry that key) with ``row_labels`` ({run name without the IR token:
-    row label}, also the row order; without ``columns_by``: {run name: row label}). An unknown option is an
-    error naming them.
-    """
-    opts = dict(suite.report or {})
-    unknown = sorted(set(opts) - set(REPORT_OPTIONS))
-    if unknown:
-        raise ValueError(f"{suite.path}: unknown report options {unknown}; valid: {', '.join(REPORT_OPTIONS)}")
-    figures_dir = figures_dir or opts.get("figures_dir") or f"figures/{suite.name}"
-    return build_report(suite.name, results_root, figures_dir, title=opts.get("title", ""),
-                        published=opts.get("published"), metrics=tuple(opts.get("metrics") or TABLE_METRICS),
-                        columns_by=opts.get("columns_by", ""), row_labels=opts.get("row_labels"))
-
-
-def build_report(suite_name: str, results_root: str | Path, figures_dir: str | Path, *,
-                 title: str = "", published: list[dict] | None = None, many: int = 100, few: int = 20,
-                 metrics: tuple[str, ...] = TABLE_METRICS, columns_by: str = "",
-                 row_labels: dict[str, str] | None = None) -> dict:
-    """Write the suite's tables and figures; returns {"runs": DataFrame, "summary": DataFrame, "files": [...]}.
-
-    With ``columns_by`` the summary is :func:`pivot_tables` (one block of columns per value of that run
-    parameter) and the one-row-per-run-name table goes to ``summary_by_run.*`` (without published rows).
-    """
-    figures_dir = Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    df = collect(Path(results_root) / suite_name)
-    if df.empty:
-        raise FileNotFoundError(
-            f"no complete results.json under {Path(results_root) / suite_name}; run `ltr suite` for this suite first"
-        )
-    files: list[Path] = []
-    files.append(atomic_write_text(figures_dir / "runs.csv", df.drop(columns=["path"]).to_csv(index=False)))
-    by = ("dataset", "method", "name")
-    numeric = summary_numeric(df, by, metrics)
-    shown = summary_table(df, by, metrics)
-    caption = title or f"{suite_name}: top-1 accuracy (%) by shot group, mean ± std over seeds"
-    caption += f"; many > {many}, medium {few}–{many}, few < {few} training images; ECE (%) 15 bins."
-    if "f_measure" in metrics:
-        caption += (" F: open-set F-measure (%), known test + open images, reject when max softmax < theta "
-                    "(open_theta, OLTR 0.1), rejected known images count as false positives (post-fix).")
-    multilabel = "map" in metrics  # multi-label suites (VOC/COCO/mosaic-MLT): mAP by head / medium / tail
-    if multilabel:
-        caption = (title or f"{suite_name}: mAP (%)") + (
-            f"; per-class AP averaged, head >= {many}, medium {few}–{many - 1}, tail < {few} training images "
-            f"containing the class; mean ± std over seeds.")
-    if columns_by:  # e.g. imbalance_ratio: rows = methods, column blocks IR 100 | 50 | 10
-        files += write_tables(shown, numeric, figures_dir, "summary_by_run", caption, f"tab:{suite_name}-runs").values()
-        pivot_metrics = tuple(m for m in metrics if m != "ece")
-        pivots = pivot_tables(df, columns_by, pivot_metrics, row_labels, published)
-        caption = (title or f"{suite_name}: top-1 accuracy (%)") + (
-            f"; mean ± std over seeds; many > {many}, medium {few}–{many}, few < {few} training images; "
-            f"shot groups empty at every setting are left out; (published) = number from the paper or repository.")
-        files += write_pivot_tables(pivots, figures_dir, "summary", caption, f"tab:{suite_name}")
-        shown = pd.concat({d: p["shown"] for d, p in pivots.items()}, names=["dataset", None])
-    else:
-        if row_labels:
-            shown, numeric = labelled_rows(shown, row_labels), labelled_rows(numeric, row_labels)
-        files += write_tables(shown, numeric, figures_dir, "summary", caption, f"tab:{suite_name}",
-                              published=published_frame(published)).values()
-    plots.set_style()
-    for dataset, sub in df.groupby("dataset"):
-        fig = plots.plot_shot_bars(sub, **({"metrics": ("map_head", "map_medium", "map_tail", "map")} if multilabel else {}))
-        if multilabel:
-            fig.axes[0].set_ylabel("mAP (%)")
-        files += plots.save(fig, figures_dir, f"shot_bars_{dataset}")
-        curves, counts = per_class_matrix(sub)
-        fig = plots.plot_per_class_vs_count(curves, counts, many=many - 1 if multilabel else many, few=few)
-        if multilabel:  # per_class holds AP; head is n_c >= many, i.e. n_c > many - 1
-            fig.axes[0].set_ylabel("per-class AP (%)")
-        files += plots.save(fig, figures_dir, f"per_class_{dataset}")
-        sweeps = open_set_sweeps(sub)
-        if sweeps:  # datasets with an open split: F-measure and accuracy against the threshold
-            files += plots.save(plots.plot_open_set_sweep(sweeps), figures_dir, f"open_set_sweep_{dataset}")
-        for run_name, runs in posthoc_sweeps(sub).items():  # τ-norm / post-hoc LA: accuracy against τ
-            fig = plots.plot_posthoc_sweep(runs, runs[0]["_split"], chosen=runs[0]["_tau"], label=runs[0]["_how"],
-                                           knob=runs[0]["_mode"], title=f"{dataset} {run_name}")
-            files += plots.save(fig, figures_dir, f"posthoc_{dataset}_{run_name.replace(' ', '_')}")
-        plt.close("all")
-    return {"runs": df, "summary": shown, "files": files, "files_dir": figures_dir}
+def posthoc_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, list[dict]]:
+    """{run name: [tau_sweep of each seed]} for the runs of one dataset that record a post-hoc τ sweep
+    (decouple τ-norm / post-hoc LA), with the chosen τ and how it was chosen of the first seed."""
+    runs: dict[str, list[dict]] = {}
+    for _, row in df.iterrows():
+        res = _results(row, results)
+        if res.get("tau_sweep"):
+            runs.setdefault(str(row["name"]), []).append({**res["tau_sweep"], "_tau": res.get("tau"),
+                                                          "_how": res.get("tau_selection", ""),
+                                                          "_mode": res.get("decouple_mode", ""),
+                                                          "_split": res.get("eval_split", "test")})
+    return runs
 
 
 def labelled_rows(table: pd.DataFrame, row_labels: dict[str, str]) -> pd.DataFrame:
@@ -200,174 +144,228 @@ def labelled_rows(table: pd.DataFrame, row_labels: dict[str, str]) -> pd.DataFra
 
 
 # ----------------------------------------------------------------------------------------------
-# tables with a run parameter pivoted into column blocks (the classic CIFAR-LT table: IR 100 | 50 | 10)
-
-PIVOT_TOKENS = {"imbalance_ratio": "ir"}  # imbalance_ratio 100 appears as "ir100" in run names
+# suites: options, where the report goes
 
 
-def run_param(df: pd.DataFrame, key: str) -> pd.Series:
-    """The flat parameter ``key`` of every collected run: a results.json column when every run has it,
-    else read from each run's ``config.yaml`` (so it works for runs recorded before the key existed)."""
-    if key in df.columns and df[key].notna().all():
-        return df[key]
-    from .results import RunDir
-
-    values = []
-    for path in df["path"]:
-        doc = RunDir(path).read_config() or {}
-        params = doc.get("params") or {}
-        if key not in params:
-            raise KeyError(f"{path}/config.yaml has no parameter {key!r}; columns_by must be a flat parameter name")
-        values.append(params[key])
-    return pd.Series(values, index=df.index)
+def report_options(suite) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_report` from a suite file's ``report:`` block (see
+    :func:`build_suite_report`); an unknown option is an error naming the valid ones."""
+    opts = dict(suite.report or {})
+    unknown = sorted(set(opts) - set(REPORT_OPTIONS))
+    if unknown:
+        raise ValueError(f"{suite.path}: unknown report options {unknown}; valid: {', '.join(REPORT_OPTIONS)}")
+    return {"title": opts.get("title", ""), "published": opts.get("published"),
+            "metrics": tuple(opts.get("metrics") or TABLE_METRICS), "columns_by": opts.get("columns_by", ""),
+            "row_labels": opts.get("row_labels")}
 
 
-def _pivot_value_label(key: str, value: Any) -> str:
-    text = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-    return f"IR {text}" if key == "imbalance_ratio" else f"{key} = {text}"
+def _semantic(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    from .runner import _PLACEMENT_KEYS
+
+    return {k: v for k, v in (overrides or {}).items() if k not in _PLACEMENT_KEYS}
 
 
-def pivot_row_key(name: str, key: str, value: Any) -> str:
-    """A run name without the token of its column value (``ce_ir100`` -> ``ce`` for imbalance_ratio 100;
-    ``crt_ir10 [cached features]`` -> ``crt [cached features]``), so the runs of one method at every
-    value share a row. A name that is only the token stays as it is."""
-    import re
-
-    text = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-    token = PIVOT_TOKENS.get(key, "") + text
-    stripped = re.sub(rf"(^|[_\-]){re.escape(token)}(?=$|[_\-\s])", "", str(name)).strip("_- ")
-    return stripped or str(name)
+def override_digest(overrides: Mapping[str, Any] | None) -> str:
+    """6 hex chars naming the overrides of a report's runs ("" when every override only says where or how runs
+    execute, :data:`ltr_core.runner._PLACEMENT_KEYS`): the ``<suite>-<digest>`` of :func:`report_dir`."""
+    semantic = _semantic(overrides)
+    if not semantic:
+        return ""
+    return hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
-def pivot_tables(df: pd.DataFrame, columns_by: str, metrics: tuple[str, ...] = ("many", "medium", "few", "top1"),
-                 row_labels: dict[str, str] | None = None, published: list[dict] | None = None,
-                 decimals: int = 1) -> dict[str, dict]:
-    """Per dataset: rows = methods, column blocks = values of the run parameter ``columns_by`` (e.g. IR),
-    each block the ``metrics`` (Many | Medium | Few | All), cells "mean ± std" over seeds.
+def report_dir(suite, overrides: Mapping[str, Any] | None = None, out: str | os.PathLike | None = None,
+               results_root: str | os.PathLike = "results") -> Path:
+    """Where a report of ``suite`` goes: ``out``; else the ``figures_dir`` override; else, when the
+    overrides change what runs compute, ``<results_root>/<suite>-<digest>/report`` (never the committed
+    figures); else the suite's ``report.figures_dir`` or ``figures/<suite>``."""
+    if out:
+        return Path(out)
+    ov = dict(overrides or {})
+    if ov.get("figures_dir"):
+        return Path(ov["figures_dir"])
+    digest = override_digest(ov)
+    if digest:
+        return Path(results_root) / f"{suite.name}-{digest}" / "report"
+    return Path((suite.report or {}).get("figures_dir") or f"figures/{suite.name}")
 
-    A row is a run name without its column token (:func:`pivot_row_key`), shown as ``row_labels[key]``
-    (rows in the order of ``row_labels``, then the others sorted). ``published`` rows (dataset, method,
-    ``columns_by`` value, metric values) follow ours, labelled "(published)". Blocks are ordered by
-    decreasing value (IR 100 | 50 | 10); a (block, metric) column empty in every row is dropped.
-    Returns {dataset: {"shown", "values", "columns", "n_ours", "n_seeds"}} with flat column names
-    ``"<block label>|<metric>"``.
+
+def build_suite_report(suite, results_root: str | Path, figures_dir: str | Path | None = None, *,
+                       overrides: Mapping[str, Any] | None = None, runs: Sequence[ExpectedRun] | None = None) -> dict:
+    """:func:`build_report` of exactly the runs ``suite`` resolves to with ``overrides`` (or ``runs``),
+    with the options of its ``report:`` block, into ``figures_dir`` (default :func:`report_dir`).
+
+    Valid options: ``title``, ``published`` (list of rows: dataset, method, metric values),
+    ``metrics`` (table columns, default many, medium, few, top1, ece; e.g. add f_measure or use
+    map, map_head, map_medium, map_tail), ``figures_dir``, ``columns_by`` (a flat run parameter, e.g.
+    ``imbalance_ratio``, whose values become column blocks: rows = methods, columns Many | Medium | Few |
+    All per IR; published rows then carry that key) with ``row_labels`` ({run name without the IR token:
+    row label}, also the row order; without ``columns_by``: {run name: row label}).
     """
-    from .results import DASH, format_mean_std
+    opts = report_options(suite)
+    ov = {**dict(overrides or {}), "results_root": str(results_root)}
+    expected = list(runs) if runs is not None else suite_expected_runs(suite, ov)
+    figures_dir = figures_dir or report_dir(suite, ov, None, results_root)
+    return build_report(suite.name, results_root, figures_dir, runs=expected, overrides=overrides, **opts)
 
-    row_labels = dict(row_labels or {})
-    df = df.assign(_col=run_param(df, columns_by).to_numpy())
-    df = df.assign(_row=[pivot_row_key(n, columns_by, v) for n, v in zip(df["name"], df["_col"])])
-    numeric = summary_numeric(df, ("dataset", "_row", "_col"), metrics)
-    pub = []
-    for e in published or []:
-        if columns_by not in e or "method" not in e:
-            raise ValueError(f"published row {e} needs 'method' and {columns_by!r} (the column block it belongs to)")
-        pub.append(e)
-    out: dict[str, dict] = {}
-    for dataset in sorted(set(numeric["dataset"]) | {e.get("dataset", "") for e in pub} - {""}):
-        ours = numeric[numeric["dataset"] == dataset]
-        mine = [e for e in pub if e.get("dataset", dataset) == dataset]
-        blocks = sorted(set(ours["_col"]) | {e[columns_by] for e in mine},
-                        key=lambda v: (-float(v)) if isinstance(v, (int, float)) else str(v))
-        keys = [k for k in row_labels if k in set(ours["_row"])] + sorted(set(ours["_row"]) - set(row_labels))
-        columns = [f"{_pivot_value_label(columns_by, b)}|{m}" for b in blocks for m in metrics]
-        shown_rows, value_rows, seeds = [], [], []
-        for key in keys:
-            sub = ours[ours["_row"] == key]
-            shown, values = {"method": row_labels.get(key, key)}, {"method": row_labels.get(key, key)}
-            for b in blocks:
-                cell = sub[sub["_col"] == b]
-                for m in metrics:
-                    col = f"{_pivot_value_label(columns_by, b)}|{m}"
-                    if len(cell) and m in cell:
-                        r = cell.iloc[0]
-                        values[col] = r[m]
-                        shown[col] = format_mean_std(r[m], r[f"{m}_std"], int(r[f"{m}_n"]), decimals)
-                    else:
-                        values[col], shown[col] = np.nan, DASH
-            seeds.append(int(sub["n_seeds"].max()) if len(sub) else 0)
-            shown_rows.append(shown)
-            value_rows.append(values)
-        for method in dict.fromkeys(e["method"] for e in mine):
-            label = f"{method} (published)"
-            shown, values = {"method": label}, {"method": label}
-            for col in columns:
-                shown[col], values[col] = DASH, np.nan
-            for e in (e for e in mine if e["method"] == method):
-                for m in metrics:
-                    if e.get(m) is not None:
-                        col = f"{_pivot_value_label(columns_by, e[columns_by])}|{m}"
-                        values[col] = float(e[m])
-                        shown[col] = format_mean_std(float(e[m]), np.nan, 1, decimals)
-            shown_rows.append(shown)
-            value_rows.append(values)
-        values_df = pd.DataFrame(value_rows, columns=["method", *columns])
-        keep = [c for c in columns if pd.to_numeric(values_df[c], errors="coerce").notna().any()]
-        out[dataset] = {"shown": pd.DataFrame(shown_rows, columns=["method", *columns])[["method", *keep]],
-                        "values": values_df[["method", *keep]], "columns": keep, "n_ours": len(keys),
-                        "n_seeds": seeds}
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def captions(suite_name: str, title: str, metrics: Sequence[str], many: int = 100, few: int = 20) -> dict[str, str]:
+    """{"summary": the one-row-per-run table's caption, "pivot": the column-block table's caption}."""
+    caption = title or f"{suite_name}: top-1 accuracy (%) by shot group, mean ± std over seeds"
+    caption += f"; many > {many}, medium {few}–{many}, few < {few} training images; ECE (%) 15 bins."
+    if "f_measure" in metrics:
+        caption += (" F: open-set F-measure (%), known test + open images, reject when max softmax < theta "
+                    "(open_theta, OLTR 0.1), rejected known images count as false positives (post-fix).")
+    if "map" in metrics:  # multi-label suites (VOC/COCO/mosaic-MLT): mAP by head / medium / tail
+        caption = (title or f"{suite_name}: mAP (%)") + (
+            f"; per-class AP averaged, head >= {many}, medium {few}–{many - 1}, tail < {few} training images "
+            f"containing the class; mean ± std over seeds.")
+    pivot = (title or f"{suite_name}: top-1 accuracy (%)") + (
+        f"; mean ± std over seeds; many > {many}, medium {few}–{many}, few < {few} training images; "
+        f"shot groups empty at every setting are left out; (published) = number from the paper or repository.")
+    return {"summary": caption, "pivot": pivot}
+
+
+def build_report(suite_name: str, results_root: str | Path, figures_dir: str | Path, *,
+                 runs: Sequence[ExpectedRun] | None = None, title: str = "", published: list[dict] | None = None,
+                 many: int = 100, few: int = 20, metrics: tuple[str, ...] = TABLE_METRICS, columns_by: str = "",
+                 row_labels: dict[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Write the tables, figures, index.html and report.json of ``runs`` (default: every run folder of
+    ``<results_root>/<suite_name>``, archived ones left out); returns {"runs": DataFrame, "summary":
+    DataFrame, "files": [...], "files_dir", "collection": :class:`ltr_core.collect.SuiteRuns`, "header"}.
+
+    With ``columns_by`` the summary is :func:`pivot_tables` (one block of columns per value of that run
+    parameter) and the one-row-per-run-name table goes to ``summary_by_run.*`` (without published rows).
+    Nothing is written unless every file could be computed (a malformed results.json raises first).
+    """
+    figures_dir, folder = Path(figures_dir), Path(results_root) / suite_name
+    found = collect_suite(folder_expected_runs(folder) if runs is None else list(runs), folder, suite_name)
+    header, df = found.header_lines(), found.frame
+    if df.empty:
+        raise FileNotFoundError(f"no complete run of suite {suite_name} to report under {folder}; run `ltr suite` "
+                                "for this suite first.\n" + "\n".join(header))
+    files: dict[str, str | bytes] = {"runs.csv": df.drop(columns=["path"]).to_csv(index=False)}
+    comment = (f"ltr report {suite_name}: {found.n_counted} of {len(found.expected)} expected runs counted",
+               "needs \\usepackage{booktabs} and \\usepackage{graphicx}")
+    by, caps, html_tables = ("dataset", "method", "name"), captions(suite_name, title, metrics, many, few), []
+    numeric, shown = summary_numeric(df, by, metrics), summary_table(df, by, metrics)
+    if columns_by:  # e.g. imbalance_ratio: rows = methods, column blocks IR 100 | 50 | 10
+        files.update(render_tables(shown, numeric, "summary_by_run", caps["summary"], f"tab:{suite_name}-runs",
+                                   comment=comment))
+        by_run = files.pop("html")
+        pivots = pivot_tables(df, columns_by, tuple(m for m in metrics if m != "ece"), row_labels, published)
+        files.update(render_pivot_tables(pivots, "summary", caps["pivot"], f"tab:{suite_name}", comment=comment))
+        html_tables += [files.pop("html"), by_run]
+        shown = pd.concat({d: p["shown"] for d, p in pivots.items()}, names=["dataset", None])
+    else:
+        if row_labels:
+            shown, numeric = labelled_rows(shown, row_labels), labelled_rows(numeric, row_labels)
+        files.update(render_tables(shown, numeric, "summary", caps["summary"], f"tab:{suite_name}",
+                                   published=published_frame(published), comment=comment))
+        html_tables.append(files.pop("html"))
+    files["summary.md"] = "\n".join(header) + "\n\n" + files["summary.md"]
+    files.update(_figures(df, found.results, many, few, multilabel="map" in metrics))
+    others = {p.name for p in figures_dir.glob("*.png")} - previous_files(figures_dir)  # e.g. dataset profiles
+    files["index.html"] = index_html(suite_name, caps["pivot" if columns_by else "summary"], header, html_tables,
+                                     sorted({*(f for f in files if f.endswith(".png")), *others}),
+                                     sorted([*files, MANIFEST]))
+    manifest = {"suite": suite_name, "out": shown_path(figures_dir), "overrides": _semantic(overrides), "header": header,
+                "collection": found.to_json(), "files": sorted([*files, MANIFEST])}
+    written = write_files(figures_dir, files, manifest)
+    return {"runs": df, "summary": shown, "files": written, "files_dir": figures_dir, "collection": found,
+            "header": header}
+
+
+def _figures(df: pd.DataFrame, results: Mapping[str, dict], many: int, few: int, multilabel: bool) -> dict[str, bytes]:
+    """Every figure of the report as {file name: PNG/PDF bytes}."""
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    plots.set_style()
+    for dataset, sub in df.groupby("dataset"):
+        fig = plots.plot_shot_bars(sub, **({"metrics": ("map_head", "map_medium", "map_tail", "map")} if multilabel else {}))
+        if multilabel:
+            fig.axes[0].set_ylabel("mAP (%)")
+        out.update(plots.render(fig, f"shot_bars_{dataset}"))
+        curves, counts = per_class_matrix(sub, results)
+        fig = plots.plot_per_class_vs_count(curves, counts, many=many - 1 if multilabel else many, few=few)
+        if multilabel:  # per_class holds AP; head is n_c >= many, i.e. n_c > many - 1
+            fig.axes[0].set_ylabel("per-class AP (%)")
+        out.update(plots.render(fig, f"per_class_{dataset}"))
+        sweeps = open_set_sweeps(sub, results)
+        if sweeps:  # datasets with an open split: F-measure and accuracy against the threshold
+            out.update(plots.render(plots.plot_open_set_sweep(sweeps), f"open_set_sweep_{dataset}"))
+        for run_name, runs in posthoc_sweeps(sub, results).items():  # τ-norm / post-hoc LA: accuracy against τ
+            fig = plots.plot_posthoc_sweep(runs, runs[0]["_split"], chosen=runs[0]["_tau"], label=runs[0]["_how"],
+                                           knob=runs[0]["_mode"], title=f"{dataset} {run_name}")
+            out.update(plots.render(fig, f"posthoc_{dataset}_{run_name.replace(' ', '_')}"))
+        plt.close("all")
     return out
 
 
-def write_pivot_tables(pivots: dict[str, dict], out_dir: str | Path, name: str, caption: str,
-                       label: str, decimals: int = 1) -> list[Path]:
-    """``<name>.md`` (one table per dataset), ``<name>_<dataset>.tex`` (booktabs, one multi-column header
-    per block) and ``<name>.csv`` (numbers, published rows with source = "published"); best per column bold."""
-    from .results import DASH, DISPLAY_NAMES, _best_mask
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}caption{text-align:left;font-weight:bold}"
+        "th,td{padding:2px 8px;border-bottom:1px solid #ddd}td.num{text-align:right}"
+        "tr.published td{color:#555;font-style:italic}.runs{background:#f6f6f6;padding:.5em 1em}"
+        "figure{display:inline-block;margin:1em;vertical-align:top}img{max-width:100%}")
 
+
+def index_html(suite_name: str, caption: str, header: Sequence[str], tables: Sequence[str],
+               figures: Sequence[str], files: Sequence[str]) -> str:
+    """One self-contained page: which runs were counted, the tables, every figure (relative links)."""
+    esc = html.escape
+    figs = "\n".join(f'<figure><a href="{esc(f)}"><img src="{esc(f)}" alt="{esc(f)}"></a>'
+                     f"<figcaption>{esc(f)}</figcaption></figure>" for f in figures)
+    links = " · ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in files if f != "index.html")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(suite_name)} report</title>'
+            f"<style>{_CSS}</style></head><body>\n<h1>{esc(suite_name)}</h1>\n"
+            f'<div class="runs">{"".join(f"<p>{esc(line)}</p>" for line in header)}</div>\n'
+            f"<p>{esc(caption)}</p>\n" + "\n".join(tables) + f"\n<h2>Figures</h2>\n{figs}\n"
+            f"<h2>Files</h2>\n<p>{links}</p>\n</body></html>\n")
+
+
+def previous_files(out_dir: str | Path) -> set[str]:
+    """The files the report previously written to ``out_dir`` listed in its report.json (empty if none)."""
+    try:
+        return set(json.loads((Path(out_dir) / MANIFEST).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def write_files(out_dir: str | Path, files: Mapping[str, str | bytes], manifest: Mapping[str, Any]) -> list[Path]:
+    """Write ``files`` into ``out_dir`` (each atomically), then ``report.json`` (the manifest, last); remove
+    the files the previous manifest listed that this report no longer writes. Other files stay."""
     out_dir = Path(out_dir)
-    md_parts, csv_parts, files = [caption, ""], [], []
-    for dataset, p in pivots.items():
-        shown, values, cols, n_ours = p["shown"], p["values"], p["columns"], p["n_ours"]
-        bold = _best_mask(values, cols, decimals)
-        md = shown.copy()
-        for c in cols:
-            md[c] = [f"**{s}**" if b else s for s, b in zip(md[c], bold[c])]
-        md["Seeds"] = [str(n) for n in p["n_seeds"]] + [""] * (len(md) - n_ours)
-        header = {"method": "Method", **{c: f"{c.split('|')[0]} {DISPLAY_NAMES.get(c.split('|')[1], c.split('|')[1])}"
-                                          for c in cols}}
-        md_parts += [f"**{dataset}**", "", md.rename(columns=header).to_markdown(index=False), ""]
-        multi = pd.MultiIndex.from_tuples([("", "Method")] + [(c.split("|")[0], DISPLAY_NAMES.get(c.split("|")[1],
-                                                                                                   c.split("|")[1]))
-                                                              for c in cols])
-        table = pd.DataFrame(shown[["method", *cols]].to_numpy(), columns=multi)
-        css = pd.DataFrame(np.column_stack([np.full(len(shown), ""),
-                                            np.where(bold[cols].to_numpy(dtype=bool), "font-weight: bold;", "")]),
-                           columns=multi)
-        styler = (table.style.hide(axis="index").apply(lambda _: css, axis=None)
-                  .format(escape="latex").format_index(escape="latex", axis=1))
-        tex = styler.to_latex(hrules=True, convert_css=True, multicol_align="c", position_float="centering",
-                              caption=f"{caption} ({dataset})".replace("%", r"\%").replace("_", r"\_"),
-                              label=f"{label}-{dataset}",
-                              column_format="l" + "r" * len(cols))
-        tex = tex.replace("±", r"$\pm$").replace(DASH, "--")
-        if n_ours < len(shown):
-            lines = tex.split("\n")
-            body = lines.index(r"\midrule") + 1
-            lines.insert(body + n_ours, r"\midrule")
-            tex = "\n".join(lines)
-        files.append(atomic_write_text(out_dir / f"{name}_{dataset}.tex", tex))
-        csv_parts.append(values.assign(dataset=dataset, source=["ours"] * n_ours + ["published"] * (len(values) - n_ours),
-                                       n_seeds=p["n_seeds"] + [None] * (len(values) - n_ours)))
-    files.insert(0, atomic_write_text(out_dir / f"{name}.md", "\n".join(md_parts) + "\n"))
-    csv = pd.concat(csv_parts, ignore_index=True) if csv_parts else pd.DataFrame()
-    if len(csv):
-        csv = csv[["dataset", "method", "source", "n_seeds", *[c for c in csv.columns
-                                                             if c not in ("dataset", "method", "source", "n_seeds")]]]
-        csv["n_seeds"] = csv["n_seeds"].astype("Int64")
-    files.append(atomic_write_text(out_dir / f"{name}.csv", csv.to_csv(index=False)))
-    return files
+    previous = previous_files(out_dir)
+    written = [atomic_write_bytes(out_dir / name, data.encode() if isinstance(data, str) else data)
+               for name, data in files.items()]
+    written.append(atomic_write_bytes(out_dir / MANIFEST, (dump_json(manifest) + "\n").encode()))
+    for name in previous - set(files) - {MANIFEST}:
+        if name == Path(name).name and (out_dir / name).is_file():  # plain names only, never a path
+            (out_dir / name).unlink()
+    return written
 
 
-def posthoc_sweeps(df: pd.DataFrame) -> dict[str, list[dict]]:
-    """{run name: [tau_sweep of each seed]} for the runs of one dataset that record a post-hoc τ sweep
-    (decouple τ-norm / post-hoc LA), with the chosen τ and how it was chosen of the first seed."""
-    runs: dict[str, list[dict]] = {}
-    for _, row in df.iterrows():
-        res = json.loads((Path(row["path"]) / "results.json").read_text())
-        if res.get("tau_sweep"):
-            runs.setdefault(str(row["name"]), []).append({**res["tau_sweep"], "_tau": res.get("tau"),
-                                                          "_how": res.get("tau_selection", ""),
-                                                          "_mode": res.get("decouple_mode", ""),
-                                                          "_split": res.get("eval_split", "test")})
-    return runs
+def rerender_tex(suite, figures_dir: str | Path | None = None, many: int = 100, few: int = 20) -> list[Path]:
+    """Re-render the LaTeX tables of a committed report from its CSVs (no runs, no training): summary.tex,
+    or summary_<dataset>.tex + summary_by_run.tex for a ``columns_by`` suite. Returns the files written."""
+    opts = report_options(suite)
+    figures_dir = Path(figures_dir or report_dir(suite))
+    caps = captions(suite.name, opts["title"], opts["metrics"], many, few)
+    comment = (f"ltr report {suite.name}: re-rendered from the committed CSV",
+               "needs \\usepackage{booktabs} and \\usepackage{graphicx}")
+    texts: dict[str, str] = {}
+    single = "summary_by_run" if opts["columns_by"] else "summary"
+    shown, values, labels, metrics, n_ours, seeds = frames_from_csv(pd.read_csv(figures_dir / f"{single}.csv"))
+    label = f"tab:{suite.name}" + ("-runs" if opts["columns_by"] else "")
+    texts[f"{single}.tex"] = render_frames(shown, values, labels, metrics, n_ours, seeds, caps["summary"], label,
+                                           comment=comment)["tex"]
+    if opts["columns_by"]:
+        pivots = pivots_from_csv(pd.read_csv(figures_dir / "summary.csv"))
+        rendered = render_pivot_tables(pivots, "summary", caps["pivot"], f"tab:{suite.name}", comment=comment)
+        texts.update({k: v for k, v in rendered.items() if k.endswith(".tex")})
+    return [atomic_write_bytes(figures_dir / name, text.encode()) for name, text in texts.items()]
