@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from . import engine
+from .bench_timing import alternate
 from .config import from_params
 from .data.device_loader import DeviceTensorLoader, loader_images_per_second
 from .data.samplers import build_sampler
@@ -55,7 +56,9 @@ from .losses import build_loss
 from .models import build_model, is_cnn
 
 PRESET = ("resnet32", "resnet50", "vit_base_patch16_224", "clip_peft:ViT-B-16")
-BOUND_TFLOPS_BF16 = {"H100": 790.0}  # measured dense bf16 peak (performance.md §3); others: n/a
+# dense bf16 bound: the H100's measured peak (performance.md §3); the H200 has the same Hopper tensor cores
+# (its datasheet rate equals the H100's; it differs in memory). Any other device: "unknown", said plainly.
+BOUND_TFLOPS_BF16 = {"H100": 790.0, "H200": 790.0}
 CLIP_PREFIX = "clip_peft:"
 
 
@@ -75,39 +78,35 @@ def train_flops(model, x, y, criterion) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_model_step(model, criterion, optimizer, x, y, *, device, dtype, steps: int, warmup: int,
-                     channels_last: bool) -> float:
-    """Images/s of forward + backward + step on one fixed batch."""
+def model_step_fn(model, criterion, optimizer, x, y, *, device, dtype, channels_last: bool):
+    """One call = forward + backward + step on one fixed batch already on the device (the ceiling)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
+
+    def step() -> int:
+        model.train()
         with engine.autocast(device, dtype):
             loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return steps * x.shape[0] / (time.perf_counter() - t0)
+        return x.shape[0]
+
+    return step
 
 
-def bench_full_step(model, criterion, optimizer, loader, cfg, *, device, channels_last: bool, forward=None) -> float:
-    """Images/s of the engine's training epoch over ``loader`` (one untimed warm-up epoch first)."""
-    for g in optimizer.param_groups:
-        g.setdefault("initial_lr", g["lr"])
-    times = []
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        _sync(device)
-        t0 = time.perf_counter()
-        _, images = engine.train_one_epoch(model, criterion, loader, optimizer, cfg=cfg, epoch=epoch,
+def full_epoch_fn(model, criterion, optimizer, loader, cfg, *, device, channels_last: bool, forward=None):
+    """One call = the engine's training epoch over ``loader`` (our input path, lr schedule, loss on device)."""
+    epoch = [0]
+
+    def run() -> int:
+        loader.set_epoch(epoch[0])
+        _, images = engine.train_one_epoch(model, criterion, loader, optimizer, cfg=cfg, epoch=epoch[0],
                                            device=device, channels_last=channels_last, forward=forward)
-        _sync(device)
-        times.append(images / (time.perf_counter() - t0))
-    return times[-1]
+        epoch[0] += 1
+        return images
+
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +244,8 @@ def bound_tflops(dev: torch.device, precision: str) -> float | None:
 
 
 def bench_row(spec: RowSpec, *, batch_size: int, num_classes: int = 10, steps: int = 20, warmup: int = 3,
-              device: str = "auto", precision: str = "auto", compile: bool = False, peer: bool = True) -> dict:
+              device: str = "auto", precision: str = "auto", compile: bool = False, peer: bool = True,
+              samples: int = 5) -> dict:
     """Model step, full step and timm peer of one row; returns the row's numbers (see :func:`format_rows`)."""
     dev = engine.resolve_device(device)
     cfg = from_params({"model": spec.name if spec.kind != "clip_peft" else "resnet32", "batch_size": batch_size,
@@ -264,15 +264,21 @@ def bench_row(spec: RowSpec, *, batch_size: int, num_classes: int = 10, steps: i
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
     flops = train_flops(model, x[:2], y[:2], criterion) / 2
     optimizer = engine.build_optimizer(model.parameters(), cfg.optim)
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
     forward = torch.compile(model) if compile else model
-    model_ips = bench_model_step(forward, criterion, optimizer, x, y, device=dev, dtype=dtype, steps=steps,
-                                 warmup=warmup, channels_last=channels_last)
-    loader = _full_loader(spec, batch_size * steps, batch_size, num_classes, dev)
-    full_ips = bench_full_step(model, criterion, optimizer, loader, cfg, device=dev, channels_last=channels_last,
-                               forward=forward)
+    loader = _full_loader(spec, batch_size * max(2, steps // 4), batch_size, num_classes, dev)
+    timed = alternate({"model": model_step_fn(forward, criterion, optimizer, x, y, device=dev, dtype=dtype,
+                                              channels_last=channels_last),
+                       "full": full_epoch_fn(model, criterion, optimizer, loader, cfg, device=dev,
+                                             channels_last=channels_last, forward=forward)},
+                      warmup_calls=warmup, samples=samples, sync=lambda: _sync(dev))
+    model_ips, full_ips = timed["model"]["median"], timed["full"]["median"]
     params_m, trained_m = _count(model.parameters()), _count(p for p in model.parameters() if p.requires_grad)
     peer_ips, peer_note = float("nan"), "skipped"
-    if peer:
+    if peer and spec.kind != "timm":
+        peer_note = "none: timm and torchvision have no model of this architecture"
+    elif peer:
         peer_model, peer_note = build_peer(spec, num_classes, model)
         del optimizer, forward, loader
         peer_model.to(dev)
@@ -280,9 +286,10 @@ def bench_row(spec: RowSpec, *, batch_size: int, num_classes: int = 10, steps: i
         if peer_cl:
             peer_model.to(memory_format=torch.channels_last)
         peer_opt = peer_optimizer(spec, peer_model)
-        peer_fwd = torch.compile(peer_model) if compile else peer_model
-        peer_ips = bench_model_step(peer_fwd, criterion, peer_opt, x, y, device=dev, dtype=dtype, steps=steps,
-                                    warmup=warmup, channels_last=peer_cl)
+        peer_ips = alternate({"peer": model_step_fn(peer_model, criterion, peer_opt, x, y, device=dev, dtype=dtype,
+                                                    channels_last=peer_cl)},
+                             warmup_calls=warmup, samples=samples, sync=lambda: _sync(dev))["peer"]["median"]
+        peer_note += " (eager, timm's optimizer: the reference step)"
     prec = "bf16" if dtype is not None else "fp32"
     bound = bound_tflops(dev, prec)
     full_tflops = flops * full_ips / 1e12

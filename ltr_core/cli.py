@@ -3,7 +3,7 @@
     ltr run PARAMS.yaml [--set key=value ...] [--seed N] [--data-root DIR] [--force] [--no-notebook] [--nproc N]
     ltr suite SUITE.yaml [--set key=value ...] [--data-root DIR] [--no-report]
                          [--executor local|submitit-local|slurm] [--partition P] [--timeout-min M] ...
-    ltr report SUITE.yaml
+    ltr report SUITE.yaml [--set key=value ...] [--out DIR] [--strict] [--tex-from-csv]
     ltr bench [--models resnet32,resnet50,...|all] [--image-size S] [--batch-size B] [--steps N] [--out figures/perf/]
     ltr bench --loaders [--out figures/perf/]
     ltr bench --livt PARAMS.yaml [--set KEY=VALUE ...] [--steps N] [--out figures/perf/]
@@ -12,7 +12,9 @@
 (ltr_core.launch); ``--executor slurm`` submits one job per run through submitit (ltr_core.sweep).
 
 Runs go through papermill (``notebooks/<family>.ipynb``, executed copy in the run directory);
-``--no-notebook`` runs the same code path in-process, like ``python -m ltr_core.train``.
+``--no-notebook`` runs the same code path in-process, like ``python -m ltr_core.train``. Paths are relative
+to the current folder; results, figures and data go under the project folder found from it
+(:mod:`ltr_core.params`), so ``cd elsewhere && ltr run my.yaml`` works.
 Exit status: 0 when every run succeeded or was skipped, 1 when one failed, 2 on bad input.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, parse_overrides
 
@@ -34,6 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args) -> dict:
+    """``--set`` values plus the dedicated options; relative paths are relative to the current folder."""
     ov = parse_overrides(args.overrides)
     for key in ("data_root", "results_root", "device"):
         value = getattr(args, key, None)
@@ -41,7 +45,9 @@ def _overrides(args) -> dict:
             ov[key] = value
     if getattr(args, "seed", None) is not None:
         ov["seed"] = args.seed
-    return ov
+    from .params import anchor_cli
+
+    return anchor_cli(ov)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suite", help="run every run x seed of a suite, then its report")
     p.add_argument("suite")
     p.add_argument("--no-report", action="store_true")
-    p.add_argument("--no-notebook", action="store_true", help="runs in-process (the report still uses its notebook)")
+    p.add_argument("--no-notebook", action="store_true",
+                   help="runs, profiles and the report in-process: needs neither papermill nor Jupyter")
     p.add_argument("--workers", type=int, default=1,
                    help="local executor: runs at once on this machine (stage-2 runs wait for their stage 1); "
-                        "each gets cores // workers threads")
+                        "each gets cores // workers threads and, with GPUs, one GPU round-robin "
+                        "(CUDA_VISIBLE_DEVICES; more workers than GPUs share them)")
     p.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
                    help="local: one run after another here (default); slurm: one submitit job per run (job arrays); "
                         "submitit-local: the same jobs as local processes")
@@ -78,9 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another submitit slurm_* parameter, e.g. constraint=h100 or account=abc (repeatable)")
     _common(p)
 
-    p = sub.add_parser("report", help="tables and figures of a suite from its results")
+    p = sub.add_parser("report", help="tables and figures of a suite from exactly its runs")
     p.add_argument("suite")
     p.add_argument("--results-root", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="report the runs made with these overrides (as given to `ltr suite --set`); the report "
+                        "then goes to results/<suite>-<digest>/report/, never to the committed figures/<suite>/")
+    p.add_argument("--out", default=None, help="write the report into this folder")
+    p.add_argument("--strict", action="store_true", help="exit 1 when an expected run is missing, stale or unreadable")
+    p.add_argument("--no-notebook", action="store_true", help="build the report in-process (no papermill/Jupyter)")
+    p.add_argument("--tex-from-csv", action="store_true",
+                   help="only re-render the LaTeX tables from the report folder's CSVs (no runs needed)")
 
     p = sub.add_parser("bench", help="images/s of the full training step vs the model step alone")
     p.add_argument("--model", default="resnet32", help="one model (kept for compatibility; see --models)")
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = runner.run_params(args.params, ov, force=args.force, use_notebook=not args.no_notebook)
             return 1 if outcome.status == "failed" else 0
         if args.command == "suite":
-            runner.ensure_kernel()
+            if not args.no_notebook:
+                runner.ensure_kernel()
             if args.executor != "local":
                 from .sweep import ClusterOptions, run_suite_cluster
 
@@ -140,9 +157,18 @@ def main(argv: list[str] | None = None) -> int:
                                             use_notebook=not args.no_notebook, workers=args.workers)
             return 1 if any(o.status == "failed" for o in outcomes) else 0
         if args.command == "report":
-            runner.ensure_kernel()
-            ov = {"results_root": args.results_root} if args.results_root else {}
-            return 1 if runner.run_report(args.suite, ov).status == "failed" else 0
+            ov, out = _overrides(args), (str(Path(args.out).resolve()) if args.out else None)
+            if args.tex_from_csv:
+                from .report import report_dir, rerender_tex
+
+                suite = runner.load_suite(args.suite)
+                for path in rerender_tex(suite, runner._abs(report_dir(suite, ov, out))):
+                    print(f"wrote {path}")
+                return 0
+            if not args.no_notebook:
+                runner.ensure_kernel()
+            outcome = runner.run_report(args.suite, ov, out=out, strict=args.strict, use_notebook=not args.no_notebook)
+            return 1 if outcome.status == "failed" else 0
         if args.command == "bench":
             from .bench import main as bench_main
 

@@ -4,8 +4,11 @@ Rules from conventions.md §2 that this module enforces:
 
 * the params are validated by :func:`ltr_core.config.from_params` *before* a kernel starts, so an
   unknown or mistyped key fails fast with the list of valid keys (papermill would only warn);
-* papermill always gets an explicit kernel (``python3``), ``cwd`` = the repository root and
-  absolute input/output paths;
+* params resolve through :mod:`ltr_core.params` (the one resolver: ``base`` layering, run names, paths
+  relative to the current folder, results/figures/data under the project folder);
+* papermill always gets an explicit kernel (``python3``), ``cwd`` = the project folder and absolute
+  input/output paths, and injects only the keys the notebook declares (:mod:`ltr_core.nbexec`); the
+  executed copy becomes ``<run_dir>/notebook.ipynb`` only once this process owns the run;
 * a notebook that "succeeds" without writing its artefact (``results.json`` for a run) is a
   failed run; a dead kernel (OOM) is recorded as failed and a suite goes on with the next run;
 * a run whose directory already holds a complete ``results.json`` for the same config hash is
@@ -26,11 +29,8 @@ A suite file (``params/suites/<name>.yaml``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,22 +39,17 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, RunConfig, config_hash, from_params, load_params, to_flat
+from . import params as params_mod
+from .config import ConfigError, RunConfig, config_hash
 from .methods import get_method
-from .results import RunDir
+from .nbexec import KERNEL, RunFailed, ensure_kernel, execute_notebook, run_in_notebook  # noqa: F401 (re-exported)
+from .results import RunBusy, RunDir, acquire_run_lock, archive_run_dir, release_run_lock
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-KERNEL = "python3"
-
-# Overrides that say where/how a run executes; they do not change the run's name.
+# Overrides that say where/how a run executes (ltr_core.report's suite digest leaves them out; run names
+# use ltr_core.params.semantic_keys of the run's method).
 _PLACEMENT_KEYS = {"suite", "results_root", "run_dir", "figures_dir", "device", "interactive", "data_root",
                    "split_dir", "num_workers", "download", "cache_dir", "seed", "tensorboard",
                    "dist_nproc", "dist_backend", "dist_sync_bn", "dist_find_unused", "vlltr_text_root"}
-
-
-class RunFailed(RuntimeError):
-    """A notebook raised, its kernel died, or it finished without writing its artefact."""
 
 
 @dataclass
@@ -76,127 +71,80 @@ class Suite:
 
 
 def _abs(path: str | Path) -> Path:
+    """``path``, relative ones under the project folder (:func:`ltr_core.params.find_project`)."""
     p = Path(path)
-    return p if p.is_absolute() else (REPO_ROOT / p)
+    return p if p.is_absolute() else (params_mod.find_project() / p)
 
 
 def resolve_params(params_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], RunConfig]:
-    """Load a params file, apply overrides, derive the run name, and validate strictly.
-
-    The run name is the params file's stem (or its ``name`` key); overrides that change what is
-    computed append a short hash of themselves, so ``--set epochs=2`` never lands in the directory
-    of the full run.
-    """
-    path = _abs(params_path)
-    params = load_params(path)
-    params.setdefault("name", path.stem)
-    semantic = {k: v for k, v in (overrides or {}).items() if k not in _PLACEMENT_KEYS}
-    if semantic:
-        digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:6]
-        params["name"] = f"{params['name']}-{digest}"
-    params.update(overrides or {})
-    params.setdefault("interactive", False)  # one log line per epoch in executed notebooks
-    params["results_root"] = str(_abs(params.get("results_root", "results")))
-    cfg = from_params(params)
-    params["run_dir"] = str(_abs(cfg.run_path()))
-    if not params.get("figures_dir"):
-        params["figures_dir"] = str(_abs(cfg.figures_path()))
-    cfg = from_params(params)
-    # Inject every key, not only those in the file: a notebook's parameters-cell defaults (tuned for
-    # interactive use) must never leak into a run that the params file does not mention.
-    return to_flat(cfg), cfg
+    """Load a params file, apply overrides, derive the run name, and validate strictly: the one resolver,
+    :func:`ltr_core.params.resolve` (every key of the config, absolute paths, ``run_dir`` set)."""
+    return params_mod.resolve(params_path, overrides)
 
 
-def _archive(run_dir: Path) -> Path | None:
-    if not run_dir.exists():
-        return None
-    dest = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(str(run_dir), dest)
-    return dest
-
-
-class _DropUnknownParameterWarnings(logging.Filter):
-    """papermill warns for every injected key its parameters cell does not list; we inject the whole
-    resolved config on purpose (and check unknown keys strictly ourselves), so those lines are noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Passed unknown parameter" not in record.getMessage()
-
-
-def execute_notebook(notebook: str | Path, output: Path, parameters: dict[str, Any], log_path: Path | None = None) -> None:
-    """papermill with an explicit kernel, cwd = repo root, absolute paths; raises RunFailed."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    nb = _abs(Path("notebooks") / notebook) if not Path(notebook).is_absolute() else Path(notebook)
-    if not nb.is_file():
-        raise RunFailed(f"notebook not found: {nb}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handler = None
-    pm_logger = logging.getLogger("papermill")
-    if not any(isinstance(f, _DropUnknownParameterWarnings) for f in pm_logger.filters):
-        pm_logger.addFilter(_DropUnknownParameterWarnings())
-    if log_path is not None:
-        handler = logging.FileHandler(log_path)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        pm_logger.addHandler(handler)
-        pm_logger.setLevel(logging.INFO)
+def _held_elsewhere(run_dir: Path) -> str:
+    """The holder of ``run_dir``'s lock when another live process is writing it, else ""."""
+    if not (run_dir / ".lock").exists():
+        return ""
     try:
-        pm.execute_notebook(str(nb), str(output), parameters=parameters, kernel_name=KERNEL, cwd=str(REPO_ROOT),
-                            progress_bar=False, log_output=log_path is not None, start_timeout=300)
-    except PapermillExecutionError as err:
-        raise RunFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}") from None
-    except Exception as err:  # DeadKernelError (OOM), kernel start failures
-        name = type(err).__name__
-        hint = " (kernel died: out of memory?)" if "DeadKernel" in name else ""
-        raise RunFailed(f"{nb.name}: {name}: {err}{hint}") from None
-    finally:
-        if handler is not None:
-            pm_logger.removeHandler(handler)
-            handler.close()
+        acquire_run_lock(run_dir)
+    except RunBusy as err:
+        return str(err)
+    release_run_lock(run_dir)
+    return ""
+
+
+def _execute(cfg: RunConfig, flat: dict[str, Any], run_dir: Path, use_notebook: bool) -> None:
+    """torchrun (dist_nproc > 1), the method's notebook, or the method in this process."""
+    method = get_method(cfg.run.method)
+    if cfg.dist.dist_nproc > 1:  # torchrun DDP in a subprocess (ltr_core.launch); no notebook copy
+        from .launch import launch_resolved
+
+        launch_resolved(flat, log_path=run_dir / "stdout.log", echo=False)
+    elif use_notebook:
+        run_in_notebook(method.NOTEBOOK, run_dir, flat)
+    else:
+        method.run(cfg)
+    results = RunDir(run_dir).read_results()
+    if not results or results.get("status") != "complete":
+        raise RunFailed(f"{method.NOTEBOOK} finished without writing a complete {run_dir / 'results.json'}")
 
 
 def run_params(params_path: str | Path, overrides: dict[str, Any] | None = None, *, force: bool = False,
                use_notebook: bool = True) -> RunOutcome:
     """Run one params file through its method's notebook (or in-process); never raises on a failed run."""
-    params, cfg = resolve_params(params_path, overrides)
-    run_dir = Path(params["run_dir"])
+    flat, cfg = resolve_params(params_path, overrides)
+    run_dir = Path(flat["run_dir"])
+    busy = _held_elsewhere(run_dir)
+    if busy:
+        print(f"FAIL  {cfg.run_id}: {busy}", file=sys.stderr, flush=True)
+        return RunOutcome(cfg.run_id, run_dir, "failed", 0.0, busy)
     if force:
-        archived = _archive(run_dir)
+        archived = archive_run_dir(run_dir, cfg.run.results_root)
         if archived:
             print(f"--force: moved the old run to {archived}", flush=True)
-    rd = RunDir(run_dir)
-    if rd.is_complete(config_hash(cfg)):
-        print(f"skip  {cfg.run_id} (complete)", flush=True)
+    if RunDir(run_dir).is_complete(config_hash(cfg)):
+        print(f"skip  {cfg.run_id} (complete) {run_dir}", flush=True)
         return RunOutcome(cfg.run_id, run_dir, "skipped")
-    method = get_method(cfg.run.method)
     print(f"run   {cfg.run_id} -> {run_dir}", flush=True)
     t0 = time.perf_counter()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.dist.dist_nproc > 1:  # torchrun DDP in a subprocess (ltr_core.launch); no notebook copy
-            from .launch import launch_resolved
-
-            launch_resolved(params, log_path=run_dir / "stdout.log", echo=False)
-        elif use_notebook:
-            execute_notebook(method.NOTEBOOK, run_dir / "notebook.ipynb", params, log_path=run_dir / "stdout.log")
-        else:
-            method.run(cfg)
-        results = rd.read_results()
-        if not results or results.get("status") != "complete":
-            raise RunFailed(f"{method.NOTEBOOK} finished without writing a complete {run_dir / 'results.json'}")
+        _execute(cfg, flat, run_dir, use_notebook)
     except (RunFailed, Exception) as err:  # a suite goes on with its next run
         msg = str(err)
         print(f"FAIL  {cfg.run_id}: {msg}\n      log: {run_dir / 'stdout.log'}", file=sys.stderr, flush=True)
         return RunOutcome(cfg.run_id, run_dir, "failed", time.perf_counter() - t0, msg)
     seconds = time.perf_counter() - t0
-    print(f"done  {cfg.run_id} top1={results['metrics']['top1']:.2f} ({seconds:.0f} s)", flush=True)
+    top1 = RunDir(run_dir).read_results()["metrics"]["top1"]
+    print(f"done  {cfg.run_id} top1={top1:.2f} ({seconds:.0f} s) -> {run_dir}", flush=True)
     return RunOutcome(cfg.run_id, run_dir, "complete", seconds)
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Parse and check a suite file; every params file it names must exist and validate."""
-    path = _abs(path)
+    """Parse and check a suite file. Its params paths are relative to the suite file, else to its project
+    folder (``params/digits_lt/ce.yaml`` in ``params/suites/``); they are stored absolute."""
+    path = params_mod.cli_path(path)
     if not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
@@ -205,8 +153,8 @@ def load_suite(path: str | Path) -> Suite:
     unknown = set(raw) - {"name", "runs", "profiles", "report", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown suite keys {sorted(unknown)}; valid: name, description, runs, profiles, report")
-    suite = Suite(name=raw.get("name", path.stem), path=path, profiles=list(raw.get("profiles", [])),
-                  report=dict(raw.get("report", {}) or {}))
+    suite = Suite(name=raw.get("name", path.stem), path=path, report=dict(raw.get("report", {}) or {}),
+                  profiles=[params_mod.file_path(str(p), path) for p in raw.get("profiles", [])])
     for i, entry in enumerate(raw.get("runs", [])):
         if isinstance(entry, str):
             entry = {"params": entry}
@@ -215,17 +163,25 @@ def load_suite(path: str | Path) -> Suite:
             raise ConfigError(f"{path}: runs[{i}] must have 'params' and optional 'seeds', 'set'; got {sorted(entry)}")
         entry.setdefault("seeds", [0])
         entry.setdefault("set", {})
+        entry["params"] = params_mod.file_path(str(entry["params"]), path)
         suite.runs.append(entry)
     return suite
 
 
 def expand_runs(suite: Suite, overrides: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(params path, overrides) for every run x seed of the suite; validates each one up front."""
-    jobs = []
+    """(params path, overrides) for every run x seed of the suite; validates each one up front. Entries
+    that resolve to the same run (a repeated seed, the same file listed twice) are one job: a suite never
+    starts one run twice."""
+    jobs, seen = [], {}
     for entry in suite.runs:
         for seed in entry["seeds"]:
             ov = {**entry["set"], **(overrides or {}), "seed": seed, "suite": suite.name}
-            resolve_params(entry["params"], ov)  # fail before any kernel starts
+            flat, cfg = resolve_params(entry["params"], ov)  # fail before any kernel starts
+            if flat["run_dir"] in seen:
+                print(f"note  {suite.path}: {Path(entry['params']).name} seed {seed} is the run "
+                      f"{cfg.run_id} listed before ({seen[flat['run_dir']]}); running it once", flush=True)
+                continue
+            seen[flat["run_dir"]] = f"{Path(entry['params']).name} seed {seed}"
             jobs.append((entry["params"], ov))
     return jobs
 
@@ -236,7 +192,10 @@ def _run_artifact_notebook(label: str, notebook: str, out_dir: Path, params: dic
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        execute_notebook(notebook, out_dir / "notebook.ipynb", params, log_path=out_dir / "stdout.log")
+        from .nbexec import notebook_parameters
+
+        execute_notebook(notebook, out_dir / "notebook.ipynb", notebook_parameters(notebook, params),
+                         log_path=out_dir / "stdout.log")
         if not artifact.is_file():
             raise RunFailed(f"{notebook} finished without writing {artifact}")
     except RunFailed as err:
@@ -246,13 +205,40 @@ def _run_artifact_notebook(label: str, notebook: str, out_dir: Path, params: dic
     return RunOutcome(label, out_dir, "complete", time.perf_counter() - t0)
 
 
-def run_profile(params_path: str, overrides: dict[str, Any]) -> RunOutcome:
-    """dataset.ipynb for one params file: class-count profile, shot groups, sample grid."""
+def run_profile(params_path: str, overrides: dict[str, Any], use_notebook: bool = True) -> RunOutcome:
+    """dataset.ipynb for one params file: class-count profile, shot groups, sample grid (``use_notebook``
+    False: the same files written in-process by :func:`write_profile`, no papermill or Jupyter needed)."""
     params, cfg = resolve_params(params_path, overrides)
     out_dir = Path(params["results_root"]) / cfg.run.suite / f"profile-{cfg.data.dataset}"
     params["run_dir"] = str(out_dir)
-    return _run_artifact_notebook(f"profile-{cfg.data.dataset}", "dataset.ipynb", out_dir, params,
-                                  out_dir / "profile.json")
+    label = f"profile-{cfg.data.dataset}"
+    if use_notebook:
+        return _run_artifact_notebook(label, "dataset.ipynb", out_dir, params, out_dir / "profile.json")
+    t0 = time.perf_counter()
+    try:
+        write_profile(cfg, out_dir)
+    except Exception as err:  # a suite goes on with its runs
+        print(f"FAIL  {label}: {err}", file=sys.stderr, flush=True)
+        return RunOutcome(label, out_dir, "failed", time.perf_counter() - t0, str(err))
+    print(f"done  {label} ({time.perf_counter() - t0:.0f} s) -> {out_dir}", flush=True)
+    return RunOutcome(label, out_dir, "complete", time.perf_counter() - t0)
+
+
+def write_profile(cfg: RunConfig, out_dir: Path) -> dict:
+    """What dataset.ipynb writes, in this process: the class-count profile and sample-grid figures under
+    the run's figures folder, ``profile.json`` in ``out_dir`` (written last)."""
+    from . import data, plots, report
+
+    lt = data.build_data(cfg.data)
+    profile = report.dataset_profile(lt, cfg.data.shot_many, cfg.data.shot_few)
+    plots.set_style()
+    fig = plots.plot_class_profile(lt.class_counts, cfg.data.shot_many, cfg.data.shot_few, lt.class_names)
+    plots.save(fig, cfg.figures_path(), f"dataset_{cfg.data.dataset}_profile")
+    if lt.train.images is not None:
+        fig = plots.plot_sample_grid(lt.train.images, lt.train.labels, lt.class_names, per_class=8)
+        plots.save(fig, cfg.figures_path(), f"dataset_{cfg.data.dataset}_samples")
+    RunDir(out_dir).write_json("profile.json", profile)
+    return profile
 
 
 def job_parents(jobs: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
@@ -267,8 +253,34 @@ def job_parents(jobs: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
     return [index.get(init) if init and index.get(init) != i else None for i, init in enumerate(inits)]
 
 
-def _worker_init(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the papermill kernels this worker starts
+def visible_gpus() -> list[str]:
+    """The GPUs runs may be placed on: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device (none: [])."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no usable CUDA build: CPU only
+        return []
+
+
+def worker_env(slot: int, threads: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of worker ``slot``: ``threads`` BLAS/OpenMP threads and, with GPUs, one of them
+    round-robin (``CUDA_VISIBLE_DEVICES``: slot 0 -> gpus[0], slot 1 -> gpus[1], ...; more workers than
+    GPUs put several runs on one GPU, which suits small models such as ResNet-32 where memory allows)."""
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def _worker_init(threads: int, gpus: list[str], counter) -> None:
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    os.environ.update(worker_env(slot, threads, gpus))  # inherited by the papermill kernels this worker starts
 
 
 def _run_parallel(jobs: list[tuple[str, dict[str, Any]]], workers: int, use_notebook: bool,
@@ -281,12 +293,17 @@ def _run_parallel(jobs: list[tuple[str, dict[str, Any]]], workers: int, use_note
     import multiprocessing as mp
 
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // workers))
-    tasks = [(run_profile, path, ov, {}) for path, ov in profiles]
+    gpus = visible_gpus()
+    if gpus:
+        print(f"workers: {workers} on GPUs {','.join(gpus)} round-robin "
+              f"({-(-workers // len(gpus))} per GPU at most)", flush=True)
+    tasks = [(run_profile, path, ov, {"use_notebook": use_notebook}) for path, ov in profiles]
     tasks += [(run_params, path, ov, {"use_notebook": use_notebook}) for path, ov in jobs]
     parents = [None] * len(profiles) + [None if p is None else p + len(profiles) for p in job_parents(jobs)]
     waiting, running, outcomes = list(range(len(tasks))), {}, {}
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                initargs=(threads,)) as pool:
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                initargs=(threads, gpus, ctx.Value("i", 0))) as pool:
         while waiting or running:
             ready = [i for i in waiting if parents[i] is None or parents[i] in outcomes]
             ready = ready or ([] if running else waiting[:1])  # a cycle of init_runs: run in order, it fails clearly
@@ -315,37 +332,62 @@ def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *
     if workers > 1:
         outcomes.extend(_run_parallel(jobs, workers, use_notebook, profiles))
     else:
-        outcomes.extend(run_profile(*profile) for profile in profiles)
+        outcomes.extend(run_profile(*profile, use_notebook=use_notebook) for profile in profiles)
         for params_path, ov in jobs:
             outcomes.append(run_params(params_path, ov, use_notebook=use_notebook))
     if report:
-        outcomes.append(run_report(suite_path, overrides))
+        outcomes.append(run_report(suite_path, overrides, use_notebook=use_notebook))
     failed = [o for o in outcomes if o.status == "failed"]
     print(f"suite {suite.name}: {len(outcomes) - len(failed)} ok, {len(failed)} failed", flush=True)
     return outcomes
 
 
-def run_report(suite_path: str | Path, overrides: dict[str, Any] | None = None) -> RunOutcome:
-    """report.ipynb over the suite's results: tables and figures under figures/<suite>/."""
+def run_report(suite_path: str | Path, overrides: dict[str, Any] | None = None, *, out: str | Path | None = None,
+               strict: bool = False, use_notebook: bool = True) -> RunOutcome:
+    """report.ipynb over exactly the suite's runs (:mod:`ltr_core.report`): tables, figures and index.html in
+    :func:`ltr_core.report.report_dir` (``figures/<suite>/``; ``results/<suite>-<digest>/report/`` for
+    overrides that change what runs compute; ``out``). Prints which runs were counted and which not
+    (missing, stale, ...); ``strict`` makes a report with an uncounted run a failed one; ``use_notebook``
+    False builds it in this process (:func:`ltr_core.report.build_suite_report`, no papermill or Jupyter)."""
+    from .report import MANIFEST, override_digest, report_dir
+
     suite = load_suite(suite_path)
-    results_root = _abs((overrides or {}).get("results_root", "results"))
-    figures_dir = _abs((overrides or {}).get("figures_dir") or suite.report.get("figures_dir", f"figures/{suite.name}"))
-    params = {"suite_file": str(suite.path), "results_root": str(results_root), "figures_dir": str(figures_dir)}
-    return _run_artifact_notebook(f"report-{suite.name}", "report.ipynb", results_root / suite.name / "report",
-                                  params, figures_dir / "summary.md")
+    ov = dict(overrides or {})
+    results_root = _abs(ov.get("results_root", "results"))
+    out_dir = _abs(report_dir(suite, ov, out, results_root))
+    params = {"suite_file": str(suite.path), "results_root": str(results_root), "figures_dir": str(out_dir),
+              "overrides": ov}
+    digest = override_digest(ov)
+    started = time.time()
+    if use_notebook:
+        outcome = _run_artifact_notebook(f"report-{suite.name}", "report.ipynb",
+                                         results_root / suite.name / (f"report-{digest}" if digest else "report"),
+                                         params, out_dir / MANIFEST)
+    else:
+        outcome = _report_in_process(suite, results_root, out_dir, ov)
+    if outcome.status != "complete":
+        return outcome
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    if (out_dir / MANIFEST).stat().st_mtime < started - 1:
+        outcome.status, outcome.error = "failed", f"report.ipynb did not rewrite {out_dir / MANIFEST}"
+    for line in manifest.get("header", []):
+        print(f"      {line}", flush=True)
+    print(f"      report: {out_dir / 'index.html'}", flush=True)
+    if strict and manifest.get("collection", {}).get("problems"):
+        outcome.status, outcome.error = "failed", "--strict: some expected runs were not counted (listed above)"
+        print(f"FAIL  report-{suite.name}: {outcome.error}", file=sys.stderr, flush=True)
+    return outcome
 
 
-def ensure_kernel() -> None:
-    """Register a ``python3`` kernel in this environment if none exists (fresh venvs, CI).
+def _report_in_process(suite: Suite, results_root: Path, out_dir: Path, overrides: dict[str, Any]) -> RunOutcome:
+    """What report.ipynb does, in this process (``ltr suite/report --no-notebook``)."""
+    from .report import build_suite_report
 
-    jupyter_client runs a kernelspec whose argv starts with ``python`` with ``sys.executable``, so
-    the kernel uses the same interpreter (and packages) as the ``ltr`` command.
-    """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
+    label, t0 = f"report-{suite.name}", time.perf_counter()
     try:
-        KernelSpecManager().get_kernel_spec(KERNEL)
-    except NoSuchKernel:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix, kernel_name=KERNEL)
+        build_suite_report(suite, results_root, out_dir, overrides=overrides)
+    except Exception as err:  # malformed results, no run to report: the previous report stays as it was
+        print(f"FAIL  {label}: {err}", file=sys.stderr, flush=True)
+        return RunOutcome(label, out_dir, "failed", time.perf_counter() - t0, str(err))
+    print(f"done  {label} ({time.perf_counter() - t0:.0f} s) -> {out_dir}", flush=True)
+    return RunOutcome(label, out_dir, "complete", time.perf_counter() - t0)

@@ -4,8 +4,8 @@
     ltr suite params/suites/S.yaml --executor slurm --partition gpu --timeout-min 240 --array-parallelism 8
     ltr suite params/suites/S.yaml --executor submitit-local         # same jobs, as local processes
 
-Each job is :class:`RunJob`: it changes to the repository root and runs the **same papermill path** as
-``ltr run`` (:func:`ltr_core.runner.run_params`: explicit ``python3`` kernel, cwd = repo, the executed
+Each job is :class:`RunJob`: it changes to the project folder it was submitted from and runs the **same papermill path** as
+``ltr run`` (:func:`ltr_core.runner.run_params`: explicit ``python3`` kernel, cwd = the project, the executed
 notebook in the run directory), so results land in the usual ``results/<suite>/<run_id>/`` and
 ``ltr report`` works unchanged; a run whose params ask for ``dist_nproc`` > 1 uses torchrun inside its
 job (:mod:`ltr_core.launch`). Jobs are grouped by their number of processes; each group is one array
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runner
+from .params import find_project
 from .config import ConfigError
 
 EXECUTORS = ("local", "submitit-local", "slurm")
@@ -61,9 +62,10 @@ class RunJob:
     def __init__(self, kind: str, params_path: str, overrides: dict[str, Any], use_notebook: bool = True) -> None:
         self.kind, self.params_path, self.overrides = kind, params_path, dict(overrides)
         self.use_notebook = use_notebook
+        self.project = str(find_project())  # the job runs where the suite was submitted from
 
     def __call__(self) -> runner.RunOutcome:
-        os.chdir(runner.REPO_ROOT)
+        os.chdir(self.project)
         if self.use_notebook or self.kind == "profile":
             runner.ensure_kernel()
         if self.kind == "profile":
@@ -139,7 +141,7 @@ def run_suite_cluster(suite_path: str | Path, overrides: dict[str, Any] | None =
         _, cfg = runner.resolve_params(params_path, ov)
         jobs.append(RunJob("run", params_path, ov, use_notebook))
         nprocs.append(max(1, cfg.dist.dist_nproc))
-    folder = Path(options.folder) if options.folder else runner.REPO_ROOT / "logs" / "submitit" / suite.name
+    folder = Path(options.folder) if options.folder else find_project() / "logs" / "submitit" / suite.name
     t0 = time.perf_counter()
     pairs = submit_jobs(jobs, nprocs, executor, folder, options, f"ltr-{suite.name}")
     outcomes = [_outcome(job, handle) for job, handle in pairs]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,14 +29,16 @@ def test_bench_rows_print_and_write_table_csv_figure(tmp_path, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     df = pd.read_csv(out / "bench.csv")
     assert list(df["model"]) == ["resnet32", "test_vit", "clip_peft:ltr-tiny-vit"]
-    for col in ("model_step_images_per_s", "full_step_images_per_s", "peer_images_per_s", "full_step_tflops"):
+    for col in ("model_step_images_per_s", "full_step_images_per_s", "full_step_tflops"):
         assert (df[col] > 0).all(), col
+    assert df.peer_images_per_s.isna().tolist() == [True, False, True]  # only the timm row has a real peer
     assert ((df.pipeline_ratio - df.full_step_images_per_s / df.model_step_images_per_s).abs() < 1e-3).all()
     assert df.bound_tflops.isna().all() and df.fraction_of_bound.isna().all()  # no bound on the CPU
     assert "| n/a | n/a |" in (out / "bench.md").read_text() and "Machine: cpu" in (out / "bench.md").read_text()
     peft = df.set_index("model").loc["clip_peft:ltr-tiny-vit"]
     assert 0 < peft.trained_params_m < peft.params_m  # frozen tower, adapters + head train
-    assert list(df.peer) == ["our module (not in timm)", "timm.create_model", "our module (not in timm)"]
+    none = "none: timm and torchvision have no model of this architecture"
+    assert list(df.peer) == [none, "timm.create_model (eager, timm's optimizer: the reference step)", none]
 
 
 def _forward_flops(model, x) -> float:
@@ -79,3 +83,34 @@ def test_loader_bench_measures_every_input_path(tmp_path):
         ("PIL", "train"), ("PIL", "eval"), ("uint8", "build"), ("uint8", "train"), ("uint8", "eval")]
     assert all(r["images_per_s"] > 0 for r in rows)
     assert "| input path | phase | images/s |" in bench.format_loader_rows(rows)
+
+
+def test_alternate_takes_medians_of_interleaved_samples():
+    from ltr_core.bench_timing import alternate
+
+    order = []
+
+    def make(name, images):
+        def step():
+            order.append(name)
+            return images
+        return step
+
+    out = alternate({"a": make("a", 10), "b": make("b", 20)}, warmup_s=0.0, warmup_calls=2, samples=3, sample_s=0.0)
+    assert order[:4] == ["a", "a", "b", "b"]  # warm-up per variant
+    assert order[4:] == ["a", "b"] * 3  # then one sample of each in turn, three rounds
+    assert out["a"]["calls_per_sample"] == 1 and len(out["b"]["samples"]) == 3
+    assert out["b"]["median"] > 0 and out["a"]["spread"] >= 1.0
+
+
+def test_variants_parse_and_run_side_by_side():
+    from ltr_core.bench_variants import bench_variants, parse_variant
+
+    assert parse_variant("bf16+compile:reduce-overhead") == ("bf16", "reduce-overhead")
+    assert parse_variant("fp32") == ("fp32", None)
+    with pytest.raises(ValueError, match="precision"):
+        parse_variant("fp16")
+    rows = bench_variants("resnet32", ("fp32", "fp32"), batch_size=8, steps_per_call=1, device="cpu", samples=2,
+                          warmup_s=0.0, sample_s=0.0)
+    assert [r["variant"] for r in rows] == ["fp32", "fp32"] and rows[0]["vs_first"] == 1.0
+    assert rows[1]["images_per_s"] > 0 and isinstance(rows[0]["native_bf16"], bool)

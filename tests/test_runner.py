@@ -157,3 +157,46 @@ def test_parallel_suite_runs_stage2_after_its_stage1(tmp_path):
     tau = tmp_path / "results" / "smoke_stage2" / "digits_lt-decouple-digits_tau_norm-s0" / "config.yaml"
     assert ce.stat().st_mtime <= tau.stat().st_mtime  # stage 2 opened its run directory after stage 1 finished
     assert (tmp_path / "figures" / "summary.md").is_file()
+
+
+BLOCK_JUPYTER = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('papermill', 'jupyter_client', 'ipykernel', 'nbclient'):
+            raise ImportError(f'{name} is blocked: this test runs a suite without Jupyter')
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_suite_no_notebook_needs_neither_papermill_nor_jupyter(tmp_path):
+    """A bare GPU image: `ltr suite --no-notebook` with papermill, jupyter_client and ipykernel unimportable
+    runs the profile, the runs (a seed listed twice runs once) and the report, all in-process."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_JUPYTER)
+    suite = tmp_path / "dup.yaml"
+    suite.write_text(yaml.safe_dump({"name": "dup", "profiles": [str(REPO / "params/smoke/digits_ce.yaml")],
+                                     "runs": [{"params": str(REPO / "params/smoke/digits_ce.yaml"), "seeds": [0, 0]}]}))
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'block'}:{REPO}"}
+    proc = subprocess.run([sys.executable, "-m", "ltr_core.cli", "suite", str(suite), "--no-notebook",
+                           "--set", f"results_root={tmp_path / 'results'}", "--set", f"figures_dir={tmp_path / 'figs'}",
+                           "--set", f"cache_dir={tmp_path / 'cache'}"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "running it once" in proc.stdout and "suite dup: 3 ok, 0 failed" in proc.stdout, proc.stdout
+    assert (tmp_path / "results" / "dup" / "profile-digits_lt" / "profile.json").is_file()
+    assert (tmp_path / "figs" / "dataset_digits_lt_profile.png").is_file()
+    assert not (tmp_path / "results" / "dup" / "digits_lt-erm-digits_ce-s0" / "notebook.ipynb").exists()
+    report = json.loads((tmp_path / "figs" / "report.json").read_text())
+    assert report["collection"]["counted"] == ["digits_lt-erm-digits_ce-s0"]
+    proc = subprocess.run([sys.executable, "-c", "import papermill"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0  # the block did hold
+
+
+def test_workers_get_gpus_round_robin(monkeypatch):
+    assert runner.worker_env(0, 4, []) == {"OMP_NUM_THREADS": "4"}
+    slots = [runner.worker_env(i, 2, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for i in range(5)]
+    assert slots == ["0", "1", "0", "1", "0"]  # 5 workers on 2 GPUs: 3 on GPU 0, 2 on GPU 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert runner.visible_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runner.visible_gpus() == []
