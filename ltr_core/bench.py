@@ -674,6 +674,17 @@ def main(args) -> int:
             for p in write_livt_outputs(rows, out, note=f"Command: `ltr {' '.join(sys.argv[1:])}`"):
                 print(f"wrote {p}")
         return 0
+    if getattr(args, "variants", ""):
+        from .bench_variants import DEFAULT_VARIANTS, bench_variants, format_variant_rows, write_variant_outputs
+
+        names = DEFAULT_VARIANTS if args.variants == "default" else tuple(v.strip() for v in args.variants.split(","))
+        rows = bench_variants(args.model, names, batch_size=args.batch_size, num_classes=args.num_classes or 10,
+                              device=args.device)
+        print(f"Machine: {machine_line(rows)}")
+        print(format_variant_rows(rows))
+        for p in (write_variant_outputs(rows, out, command=f"ltr {' '.join(sys.argv[1:])}") if out else []):
+            print(f"wrote {p}")
+        return 0
     if getattr(args, "loaders", False):
         rows = bench_loaders(args.n_images, image_size=args.image_size or 224, batch_size=args.batch_size,
                              num_workers=args.num_workers, device=args.device)

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=0, help="input size of every row; 0: 32 for resnet32, 224 otherwise")
     p.add_argument("--no-peer", action="store_true", help="skip the timm peer loop")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (ours and the peer)")
+    p.add_argument("--variants", default="", metavar="LIST",
+                   help="the full training step of --model under several settings side by side, e.g. "
+                        "fp32,fp32+compile,bf16,bf16+compile (+compile:reduce-overhead for CUDA graphs); "
+                        "'default' = those four; --out DIR writes variants.md/.csv")
     p.add_argument("--loaders", action="store_true", help="measure the large-image input paths (PIL vs uint8 cache) "
                                                           "on generated JPEGs instead of models")
     p.add_argument("--livt", default="", metavar="PARAMS", help="images/s of LiVT's MGP and BFT stages for a LiVT "

@@ -39,7 +39,8 @@ from .results import atomic_write_bytes, dump_json
 from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
 
 TABLE_METRICS = ("many", "medium", "few", "top1", "ece")
-REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels")
+REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels", "keep_runs")
+KEPT_FILES = ("results.json", "per_class.csv", "config.yaml")  # a run's small outputs (keep_runs)
 MANIFEST = "report.json"
 
 
@@ -156,7 +157,7 @@ def report_options(suite) -> dict[str, Any]:
         raise ValueError(f"{suite.path}: unknown report options {unknown}; valid: {', '.join(REPORT_OPTIONS)}")
     return {"title": opts.get("title", ""), "published": opts.get("published"),
             "metrics": tuple(opts.get("metrics") or TABLE_METRICS), "columns_by": opts.get("columns_by", ""),
-            "row_labels": opts.get("row_labels")}
+            "row_labels": opts.get("row_labels"), "keep_runs": bool(opts.get("keep_runs", False))}
 
 
 def _semantic(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -233,7 +234,8 @@ def captions(suite_name: str, title: str, metrics: Sequence[str], many: int = 10
 def build_report(suite_name: str, results_root: str | Path, figures_dir: str | Path, *,
                  runs: Sequence[ExpectedRun] | None = None, title: str = "", published: list[dict] | None = None,
                  many: int = 100, few: int = 20, metrics: tuple[str, ...] = TABLE_METRICS, columns_by: str = "",
-                 row_labels: dict[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+                 row_labels: dict[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
+                 keep_runs: bool = False) -> dict:
     """Write the tables, figures, index.html and report.json of ``runs`` (default: every run folder of
     ``<results_root>/<suite_name>``, archived ones left out); returns {"runs": DataFrame, "summary":
     DataFrame, "files": [...], "files_dir", "collection": :class:`ltr_core.collect.SuiteRuns`, "header"}.
@@ -241,6 +243,9 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     With ``columns_by`` the summary is :func:`pivot_tables` (one block of columns per value of that run
     parameter) and the one-row-per-run-name table goes to ``summary_by_run.*`` (without published rows).
     Nothing is written unless every file could be computed (a malformed results.json raises first).
+    ``keep_runs`` also copies each counted run's small outputs (:data:`KEPT_FILES`) to
+    ``<figures_dir>/runs/<suite>/<run id>/``, a results root that rebuilds the report on a fresh clone
+    (``ltr report SUITE --results-root <figures_dir>/runs``) when the machine and its results/ are gone.
     """
     figures_dir, folder = Path(figures_dir), Path(results_root) / suite_name
     found = collect_suite(folder_expected_runs(folder) if runs is None else list(runs), folder, suite_name)
@@ -268,6 +273,8 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
                                    published=published_frame(published), comment=comment))
         html_tables.append(files.pop("html"))
     files["summary.md"] = "\n".join(header) + "\n\n" + files["summary.md"]
+    if keep_runs:
+        files.update(kept_run_files(df, figures_dir, suite_name))
     files.update(_figures(df, found.results, many, few, multilabel="map" in metrics))
     others = {p.name for p in figures_dir.glob("*.png")} - previous_files(figures_dir)  # e.g. dataset profiles
     files["index.html"] = index_html(suite_name, caps["pivot" if columns_by else "summary"], header, html_tables,
@@ -278,6 +285,20 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     written = write_files(figures_dir, files, manifest)
     return {"runs": df, "summary": shown, "files": written, "files_dir": figures_dir, "collection": found,
             "header": header}
+
+
+def kept_run_files(df: pd.DataFrame, figures_dir: Path, suite_name: str) -> dict[str, bytes]:
+    """{"runs/<suite>/<run id>/<file>": bytes} of the counted runs' :data:`KEPT_FILES` (none when the
+    report is being rebuilt from that very folder)."""
+    kept = (figures_dir / "runs").resolve()
+    out = {}
+    for run_id, path in zip(df["run_id"], df["path"]):
+        if kept in Path(path).resolve().parents:
+            continue
+        for name in KEPT_FILES:
+            if (Path(path) / name).is_file():
+                out[f"runs/{suite_name}/{run_id}/{name}"] = (Path(path) / name).read_bytes()
+    return out
 
 
 def _figures(df: pd.DataFrame, results: Mapping[str, dict], many: int, few: int, multilabel: bool) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ features (influence-balanced, centroid losses) plugs in without touching the eng
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -49,7 +50,8 @@ def loader_kwargs(cfg: RunConfig, *, train: bool = True) -> dict:
     d = cfg.data
     return {"train": True, "batch_size": cfg.train.batch_size, "sampler": d.sampler, "seed": cfg.run.seed,
             "num_workers": d.num_workers, "augment": d.augment, "crop_padding": d.crop_padding,
-            "epochs": cfg.train.epochs, "augment_mode": d.augment_mode, "rrc_scale_min": d.rrc_scale_min}
+            "epochs": cfg.train.epochs, "augment_mode": d.augment_mode, "rrc_scale_min": d.rrc_scale_min,
+            "drop_last": cfg.train.drop_last}
 
 
 def train_loader(cfg: RunConfig, data: LTData, device, split: str = "train"):
@@ -177,11 +179,16 @@ def run_family(cfg: RunConfig, build: Callable[[RunContext], Plan], *, data: LTD
     done = completed_results(cfg, data, load, extra_inputs)
     if done is not None:
         return done
+    started = time.perf_counter()
     try:
         ctx = begin_run(cfg, data, load, extra_inputs)
         plan = build(ctx)
         ev, fit, evaluator = train_and_evaluate(ctx, plan)
         extra = {**plan.extra, **((plan.finish(ev) if plan.finish is not None else None) or {})}
+        extra.setdefault("last_batch", "dropped" if cfg.train.drop_last else "kept")  # drop_last: static shapes
+        # what a user waits for in this process: data, model build, training, evaluation, checkpoints
+        # (not the results files written next); train_seconds / images_per_second count training steps only
+        extra.setdefault("wall_seconds", round(time.perf_counter() - started, 3))
         return write_run_results(cfg, ctx.run_dir, ctx.chash, ctx.data, plan.model, ev, fit, ctx.device, stage=stage,
                                  extra=extra, inputs=ctx.inputs, evaluator=evaluator)
     finally:

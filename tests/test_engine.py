@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, tiny_params
 from ltr_core import engine
-from ltr_core.config import from_params
+from ltr_core.config import config_hash, from_params
 from ltr_core.methods import erm
 from ltr_core.results import RunDir
 
@@ -178,3 +178,19 @@ def test_results_json_contract(tmp_path):
     assert conf["config_hash"] == r["config_hash"] and "git_sha" in conf["versions"]
     assert len((rd / "metrics.jsonl").read_text().splitlines()) == 2
     assert math.isfinite(r["images_per_second"])
+    assert r["wall_seconds"] >= r["train_seconds"] > 0 and r["last_batch"] == "kept"
+
+
+def test_drop_last_gives_static_batches_and_is_stated(tmp_path):
+    """drop_last: every training batch has batch_size images (one shape for compile / CUDA graphs), and the
+    run says so; it is a different run (config hash) from the default."""
+    from ltr_core.data import build_data
+    from ltr_core.study import train_loader
+
+    cfg = from_params(tiny_params(tmp_path, name="static", epochs=1, drop_last=True))
+    data = build_data(cfg.data)
+    sizes = {len(y) for _, y in train_loader(cfg, data, torch.device("cpu"))}
+    assert sizes == {cfg.train.batch_size} and data.train.n % cfg.train.batch_size != 0
+    res = erm.run(cfg)
+    assert res["last_batch"] == "dropped"
+    assert res["config_hash"] != config_hash(from_params(tiny_params(tmp_path, name="static", epochs=1)))

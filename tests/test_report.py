@@ -315,3 +315,23 @@ def test_committed_tables_rerender_from_their_csv(suite, tmp_path):
 
     for path in written:  # the committed .tex is what the renderer makes of the committed numbers
         assert body(path) == body(committed / path.name), path.name
+
+
+def test_keep_runs_copies_small_outputs_and_the_report_rebuilds_from_them(tmp_path):
+    """keep_runs: the counted runs' results.json / per_class.csv / config.yaml go to <report>/runs/, and a
+    report built from that folder alone (a fresh clone: no results/) gives the same table."""
+    root = tmp_path / "results"
+    suite, expected = write_runs(make_suite(tmp_path, report_block="report:\n  keep_runs: true\n"), root)
+    for run in expected:
+        (run.path / "per_class.csv").write_text("class,accuracy\n0,1\n")
+        (run.path / "logits.npz").write_bytes(b"big")
+    report.build_suite_report(suite, root, tmp_path / "figs")
+    kept = tmp_path / "figs" / "runs"
+    assert sorted(p.name for p in (kept / "rep").iterdir()) == sorted(r.run_id for r in expected)
+    assert sorted(p.name for p in (kept / "rep" / expected[0].run_id).iterdir()) == ["per_class.csv", "results.json"]
+    shutil.rmtree(root)
+    again = report.build_suite_report(suite, kept, tmp_path / "figs2")
+    assert (tmp_path / "figs2" / "summary.csv").read_text() == (tmp_path / "figs" / "summary.csv").read_text()
+    assert sorted(again["runs"]["run_id"]) == sorted(r.run_id for r in expected)
+    report.build_suite_report(suite, kept, tmp_path / "figs")  # rebuilding in place copies nothing onto itself
+    assert (kept / "rep" / expected[0].run_id / "results.json").is_file()
