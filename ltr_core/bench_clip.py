@@ -2,7 +2,7 @@
 
 For each PEFT method: a fresh copy of the tower, :func:`ltr_core.models.peft.apply_peft`, the PEL
 classifier (cosine head on the pre-projection feature) and SGD over the trainable tensors; then
-``ltr_core.bench.model_step_fn`` (forward + backward + step on one fixed batch on the device,
+``ltr_core.bench_models.model_step_fn`` (forward + backward + step on one fixed batch on the device,
 bf16 autocast on CUDA) gives images/s. Reported per method: train images/s, trainable parameters,
 peak device memory (CUDA) and the speed relative to ``full``.
 
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from . import bench, engine
+from . import engine
+from .bench_common import _sync
+from .bench_models import model_step_fn
 from .bench_timing import alternate
 from .config import from_params
 from .losses import LogitAdjustedLoss
@@ -76,9 +78,9 @@ def run_peft_bench(clip_model: str = "ViT-B-16", methods=("adaptformer", "lora",
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        step = bench.model_step_fn(model, criterion, optimizer, x, y, device=dev, dtype=dtype, channels_last=False)
+        step = model_step_fn(model, criterion, optimizer, x, y, device=dev, dtype=dtype, channels_last=False)
         ips = alternate({"step": step}, warmup_calls=warmup, warmup_s=0.0, samples=3,
-                        sample_s=0.0 if steps <= 3 else 1.0, sync=lambda: bench._sync(dev))["step"]["median"]
+                        sample_s=0.0 if steps <= 3 else 1.0, sync=lambda: _sync(dev))["step"]["median"]
         row = {"clip_model": clip_model, "method": method, "image_size": size, "batch_size": batch_size,
                "train_images_per_s": ips, "trainable_tower": count_parameters(tower),
                "trainable_head": count_parameters(head.parameters()),

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from . import engine
-from .bench import _full_loader, build_row_model, machine_line, row_spec
+from .bench_common import _device_label, machine_line
+from .bench_models import _full_loader, build_row_model, row_spec
 from .bench_timing import alternate
 from .config import from_params
 from .losses import build_loss
@@ -99,8 +100,6 @@ def _flat(cfg) -> dict:
 
 
 def engine_device_label(dev: torch.device) -> str:
-    from .bench import _device_label
-
     return _device_label(dev)
 
 

@@ -3,7 +3,8 @@
 ``fit`` trains a model with a loss on a loader for ``cfg.train.epochs`` epochs:
 
 * SGD (momentum, optional Nesterov) or AdamW; the learning rate is set every step from
-  :func:`lr_factor` (linear warm-up, then step decay at epoch milestones or cosine annealing);
+  :func:`lr_factor` (linear warm-up, then step decay at epoch milestones or cosine annealing;
+  optimizers and schedules by name: :mod:`ltr_core.optim`);
 * bf16 autocast on CUDA, fp32 on the CPU; gradient accumulation over micro-batches;
   channels_last for CNNs on CUDA; optional ``torch.compile`` (``compile_mode``), cuDNN autotuning;
 * deterministic: the global RNG is reseeded from (seed, epoch) at the start of every epoch and the
@@ -37,6 +38,7 @@ from .config import RunConfig, config_hash
 from .models import is_cnn
 from .epochlog import EpochLogger, _progress, tb_tag  # noqa: F401 (the per-epoch log; engine.EpochLogger)
 from .checkpoint import AsyncCheckpointWriter, Checkpoint, CheckpointError  # noqa: F401 - engine.Checkpoint
+from .optim import build_optimizer, lr_factor
 from .results import RunDir
 
 NAN_CHECK_EVERY = 25
@@ -108,64 +110,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The global seed used for epoch ``epoch`` (dropout, drop-path, any global-RNG draw)."""
     return seed * 1_000_003 + epoch + 1
-
-
-def lr_factor(epoch: int, frac: float, optim_cfg, epochs: int) -> float:
-    """Multiplier of the peak lr for the step that ends a fraction ``frac`` (0 < frac <= 1) into ``epoch``.
-
-    With t = epoch + frac (training progress in epochs at the end of the step):
-    warm-up: t / warmup_epochs while t < warmup_epochs (LDAM-DRW: lr * e / 5 in epochs e = 1..5);
-    step:    gamma ** #{m in milestones : epoch >= m}, whole epochs (LDAM-DRW: x0.01 from epoch 160,
-             x0.0001 from 180, 0-based);
-    cosine:  r + (1 - r) * (1 + cos(pi * (t - w) / (E - w))) / 2 with r = min_lr / lr
-             (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts).
-    """
-    t = epoch + frac
-    w = optim_cfg.warmup_epochs
-    if w > 0 and t < w:
-        return t / w
-    if optim_cfg.schedule == "step":
-        passed = sum(1 for m in optim_cfg.lr_milestones if epoch >= m)
-        return optim_cfg.lr_gamma**passed
-    if optim_cfg.schedule == "cosine":
-        r = optim_cfg.min_lr / optim_cfg.lr
-        progress = min(1.0, (t - w) / max(epochs - w, 1e-8))
-        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters.
-
-    ``params`` is an iterable of tensors, or of param-group dicts (``{"params": [...], "lr": ...,
-    "weight_decay": ...}``: per-group settings override ``optim_cfg``; used for layer-wise lr decay,
-    separate classifier/feature learning rates, no weight decay on norms). Frozen tensors
-    (``requires_grad=False``) are left out; groups left empty are dropped.
-    """
-    params = list(params)
-    if params and isinstance(params[0], dict):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
-        params = [g for g in params if g["params"]]
-    else:
-        params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    fused = _fused_kwargs(params)
-    if optim_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov, weight_decay=optim_cfg.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=(optim_cfg.adam_beta1, optim_cfg.adam_beta2),
-                             weight_decay=optim_cfg.weight_decay, **fused)
-
-
-def _fused_kwargs(params) -> dict:
-    """``fused=True`` (one kernel for the whole update) when every trainable tensor is a floating CUDA
-    tensor, i.e. the model was moved to the GPU before the optimizer was built (``fit`` does); else the
-    default (foreach) implementation. The lr stays a Python float: only the model is compiled, never
-    the optimizer, so the per-step lr change cannot trigger recompiles (pytorch#121857)."""
-    tensors = [p for g in params for p in g["params"]] if isinstance(params[0], dict) else params
-    ok = all(p.is_cuda and p.is_floating_point() for p in tensors)
-    return {"fused": True} if ok else {}
 
 
 def use_channels_last(model: nn.Module, setting: str, device: torch.device) -> bool:

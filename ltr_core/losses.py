@@ -1,4 +1,4 @@
-"""Every training loss of the study, one small ``nn.Module`` each, in one flat module.
+"""Every training loss of the study, one small ``nn.Module`` each, and the registry that builds them.
 
 A loss is called as ``loss(logits, target)`` with ``target`` the int64 labels [B] (or soft targets
 [B, C] where the loss supports them). Losses that depend on the training distribution receive the
@@ -18,7 +18,8 @@ Conventions shared by all losses here (methods.md §2):
   divides by B, as LDAM-DRW's ``FocalLoss`` does (``focal_loss(...).mean()``).
 
 Registered names (:data:`LOSSES`): ce, focal, cb, ldam, ldam_drw, logit_adjusted, balanced_softmax,
-bal_bce, mislas, lade.
+bal_bce, mislas, lade, ib. The margin and logit-offset losses (LDAM, LA, Balanced Softmax, Bal-BCE, LADE) are in
+:mod:`ltr_core.losses_margin`, the shared helpers in :mod:`ltr_core.loss_utils`; all are importable from here.
 """
 
 from __future__ import annotations
@@ -31,65 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loss_utils import (FOCAL_FORMS, _buffer, _counts, _focal_per_sample,  # noqa: F401 (re-exported)
+                         class_balanced_weights)
+from .losses_margin import BalancedBCE, BalancedSoftmax, LADELoss, LDAMLoss, LogitAdjustedLoss
+
 MISLAS_SHAPES = ("concave", "linear", "convex")
 CB_BASES = ("ce", "focal")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _counts(class_counts, name: str, *, positive: bool) -> np.ndarray:
-    """The class counts as a 1-D float64 array; ``positive`` requires n_c >= 1 for every class."""
-    n = np.asarray(class_counts, dtype=np.float64).reshape(-1)
-    if n.size == 0 or (n < 0).any():
-        raise ValueError(f"{name}: class counts must be a non-empty array of non-negative integers, got {n}")
-    if positive and (n < 1).any():
-        empty = np.flatnonzero(n < 1).tolist()
-        raise ValueError(f"{name}: every class needs >= 1 training image (empty classes {empty}); "
-                         f"the formula uses log n_c or 1/n_c")
-    if n.sum() <= 0:
-        raise ValueError(f"{name}: class counts sum to 0")
-    return n
-
-
-def _buffer(values) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32)
-
-
-def class_balanced_weights(class_counts, beta: float) -> torch.Tensor:
-    """Cui et al. (CVPR 2019) effective-number weights, w_c = (1-β)/(1-β^{n_c}), normalised to Σ_c w_c = C.
-
-    β = 0 gives w_c = 1 for every class (the "no re-weighting" phase of DRW).
-    """
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"class-balanced beta must be in [0, 1), got {beta}")
-    n = _counts(class_counts, "class-balanced weights", positive=True)
-    w = (1.0 - beta) / (1.0 - np.power(beta, n))
-    return _buffer(w * n.size / w.sum())
-
-
-FOCAL_FORMS = ("ldam", "paper")
-
-
-def _focal_per_sample(z: torch.Tensor, target: torch.Tensor, gamma: float, weight: torch.Tensor | None = None,
-                      form: str = "ldam") -> torch.Tensor:
-    """Per-sample softmax focal loss, with an optional class weight w (all ones when None).
-
-    ``ldam`` (LDAM-DRW ``losses.FocalLoss``, the code of the LDAM paper's focal / CB-focal rows):
-        l_i = w_{y_i} · CE_i,  p_i = exp(−l_i),  loss_i = (1 − p_i)^γ · l_i   (p_i = p_{y_i}^{w_{y_i}})
-    ``paper`` (the α-balanced focal loss of Lin et al. with α = w; Cui et al. likewise put their weight
-    outside the modulator, on the sigmoid focal loss):
-        loss_i = −w_{y_i} · (1 − p_{y_i})^γ · log p_{y_i},  p = softmax(z)
-    The two agree when w = 1.
-    """
-    if form not in FOCAL_FORMS:
-        raise ValueError(f"focal form must be one of {FOCAL_FORMS}, got {form!r}")
-    nll = -F.log_softmax(z, dim=1).gather(1, target[:, None]).squeeze(1)
-    w = None if weight is None else weight.to(z.device)[target]
-    if form == "ldam" and w is not None:
-        nll, w = w * nll, None
-    loss = nll if gamma == 0 else (1.0 - torch.exp(-nll)).clamp_min(0.0).pow(gamma) * nll
-    return loss if w is None else w * loss
 
 
 # --------------------------------------------------------------------------- losses
@@ -166,121 +114,6 @@ class ClassBalancedLoss(nn.Module):
         return _focal_per_sample(z, target, self.gamma, w, self.focal_form).mean()
 
 
-class LDAMLoss(nn.Module):
-    """LDAM loss with optional deferred re-weighting (Cao et al., "Learning Imbalanced Datasets with
-    Label-Distribution-Aware Margin Loss", NeurIPS 2019; methods.md §2.4).
-
-    m_c = C_m / n_c^{1/4} with C_m chosen so max_c m_c = ``max_margin`` (the rarest class);
-    L = CE(s · (z − m_y · onehot(y)), y, weight = w(epoch)), s = ``scale``.
-
-    **z must be cosine logits** z_c = cos(f, w_c) in [-1, 1] (LDAM's normalised linear layer): use
-    ``head: cosine`` with ``cosine_scale: 1.0`` so that s multiplies plain cosines.
-
-    DRW (``drw_epoch`` not None): weights all 1 for epochs < ``drw_epoch``, then the class-balanced
-    weights of β = ``drw_beta`` normalised to Σ w = C (:func:`class_balanced_weights`); the engine
-    selects the phase through :meth:`set_epoch` (0-based epochs, as LDAM's ``epoch // 160``).
-    Weights all 1 give the plain batch mean.
-    """
-
-    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0, drw_epoch: int | None = None,
-                 drw_beta: float = 0.9999):
-        super().__init__()
-        if max_margin < 0 or scale <= 0:
-            raise ValueError(f"LDAM needs max_margin >= 0 and scale > 0, got {max_margin}, {scale}")
-        n = _counts(class_counts, "LDAM", positive=True)
-        m = n ** -0.25
-        self.register_buffer("margins", _buffer(max_margin * m / m.max()))
-        self.scale = float(scale)
-        self.drw_epoch = None if drw_epoch is None else int(drw_epoch)
-        self.register_buffer("drw_weight", class_balanced_weights(n, drw_beta) if drw_epoch is not None else None)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    @property
-    def weight(self) -> torch.Tensor | None:
-        """The class weight of the current epoch (None: all ones)."""
-        if self.drw_epoch is None or self.epoch < self.drw_epoch:
-            return None
-        return self.drw_weight
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = logits.float()
-        margin = self.margins.to(z.device)[target]
-        z = z - F.one_hot(target, z.shape[1]).to(z.dtype) * margin[:, None]
-        w = self.weight
-        return F.cross_entropy(self.scale * z, target, weight=None if w is None else w.to(z.device))
-
-
-class LogitAdjustedLoss(nn.Module):
-    """Logit-adjusted loss (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021; methods.md §2.5).
-
-    L = CE(z + log(π^τ + 1e-12), y), π = n / N (the 1e-12 of the reference code keeps empty classes
-    finite). τ = 0 is plain CE (a constant shift). Raw z at test.
-    """
-
-    def __init__(self, class_counts, tau: float = 1.0):
-        super().__init__()
-        n = _counts(class_counts, "logit_adjusted", positive=False)
-        self.register_buffer("offset", _buffer(np.log(np.power(n / n.sum(), tau) + 1e-12)))
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = logits.float()
-        return F.cross_entropy(z + self.offset.to(z.device), target)
-
-
-class BalancedSoftmax(nn.Module):
-    """Balanced Softmax (Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition",
-    NeurIPS 2020; methods.md §2.6).
-
-    L = CE(z + log n, y) — the LA loss with τ = 1 (log n = log π + log N, a constant shift per row,
-    so the value is the same). Raw z at test.
-    """
-
-    def __init__(self, class_counts):
-        super().__init__()
-        self.register_buffer("offset", _buffer(np.log(_counts(class_counts, "balanced_softmax", positive=True))))
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = logits.float()
-        return F.cross_entropy(z + self.offset.to(z.device), target)
-
-
-class BalancedBCE(nn.Module):
-    """Bal-BCE (Xu et al., "Learning Imbalanced Data with Vision Transformers" (LiVT), CVPR 2023; methods.md §2.7).
-
-    z̃_j = z_j + τ · (log π_j − log(1 − π_j)) (the prior log-odds, scaled by τ);
-    L = Σ_{i,j} BCEWithLogits(z̃_ij, t_ij) / B.
-    Targets t: soft targets [B, C] as given (mixup/cutmix), else one-hot smoothed to
-    off = ε/C, on = 1 − ε + ε/C (ε = ``label_smoothing``). τ is applied (the LiVT release hard-codes
-    τ = 1 and ignores ``--bal_tau``; τ = 1 reproduces it). Raw z at test.
-    """
-
-    def __init__(self, class_counts, tau: float = 1.0, label_smoothing: float = 0.0):
-        super().__init__()
-        n = _counts(class_counts, "bal_bce", positive=True)
-        if n.size < 2:
-            raise ValueError("bal_bce needs >= 2 classes (log(1 - π) is -inf for a single class)")
-        prior = n / n.sum()
-        self.tau = float(tau)
-        self.label_smoothing = float(label_smoothing)
-        self.register_buffer("offset", _buffer(self.tau * (np.log(prior) - np.log1p(-prior))))
-
-    def targets(self, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """Soft targets as given, or smoothed one-hot of the int labels."""
-        if target.dim() == 2:
-            return target.float()
-        eps = self.label_smoothing
-        t = torch.full((target.shape[0], num_classes), eps / num_classes, device=target.device)
-        return t.scatter_(1, target[:, None], 1.0 - eps + eps / num_classes)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        z = logits.float()
-        t = self.targets(target, z.shape[1])
-        return F.binary_cross_entropy_with_logits(z + self.offset.to(z.device), t, reduction="sum") / z.shape[0]
-
-
 def mislas_epsilons(class_counts, eps_head: float, eps_tail: float, shape: str) -> np.ndarray:
     """Per-class smoothing ε_c of MiSLAS label-aware smoothing (Zhong et al., CVPR 2021).
 
@@ -324,46 +157,32 @@ class MiSLASLoss(nn.Module):
         return ((1.0 - eps) * nll + eps * uniform).mean()
 
 
-class LADELoss(nn.Module):
-    """LADE (Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition", CVPR 2021),
-    as hyperconnect/LADE trains it (``PriorCELoss`` weight 1 + ``LADELoss`` weight α on the same logits).
+class InfluenceBalancedLoss(nn.Module):
+    """Influence-balanced loss (Park et al., "Influence-Balanced Loss for Imbalanced Visual Classification",
+    ICCV 2021): each sample's class-weighted CE divided by its influence on the head W, the entrywise L1 norm
+    of ∂CE/∂W = (p − onehot(y)) hᵀ (h the head's input), which is ‖p − onehot(y)‖₁ · ‖h‖₁:
+      L = (1/B) Σ_i w_{y_i} · α / (‖p_i − onehot(y_i)‖₁ · ‖h_i‖₁ + ε) · CE(z_i, y_i),  w_c = C n_c⁻¹ / Σ_j n_j⁻¹,
+    α = ``alpha`` (paper 1000), ε = 1e-3, the influence not detached (as the original); CE before ``start_epoch``."""
 
-    L = L_PC + α · L_LADE, π = n / N the training prior, B the batch, C the classes, n_c^B the
-    number of samples of class c in the batch:
+    wants_features = True  # called loss(z, y, features=h) through study.FeatureTap
 
-      L_PC   = CE(z + log(π + 1e-9), y)                                 (PC-softmax CE = Balanced Softmax)
-      L_LADE = −Σ_{c=1..C} π_c · [ F_c − S_c − λ · S_c² ]               (REMINE lower bound, λ = remine_lambda)
-      F_c    = Σ_{i: y_i = c} z_ic / (n_c^B + 1e-8)                     (0 for a class absent from the batch)
-      S_c    = log( (1/B) Σ_{i=1..B} exp(z_ic − log(π_c + 1e-9) + log(1/C + 1e-9)) )
-
-    F_c − S_c is the Donsker–Varadhan bound on the log-likelihood ratio of class c; S_c takes the
-    expectation under the balanced (uniform-prior) marginal by the importance factor (1/C)/π_c; λ S_c²
-    is the REMINE regulariser (original default λ = 0.1, α = 0.1). As in the original code the sum runs
-    over **all** C classes (absent ones contribute π_c (S_c + λ S_c²)). Raw z at test (uniform target prior).
-    """
-
-    def __init__(self, class_counts, alpha: float = 0.1, remine_lambda: float = 0.1):
+    def __init__(self, class_counts, alpha: float = 1000.0, start_epoch: int = 0, eps: float = 1e-3):
         super().__init__()
-        n = _counts(class_counts, "lade", positive=True)
-        prior = n / n.sum()
-        self.alpha, self.remine_lambda = float(alpha), float(remine_lambda)
-        self.register_buffer("prior", _buffer(prior))
-        self.register_buffer("log_prior", _buffer(np.log(prior + 1e-9)))
-        self.log_balanced = math.log(1.0 / n.size + 1e-9)
+        inv = 1.0 / _counts(class_counts, "ib", positive=True)
+        self.register_buffer("weight", _buffer(inv * inv.size / inv.sum()))
+        self.alpha, self.start_epoch, self.eps, self.epoch = float(alpha), int(start_epoch), float(eps), 0
 
-    def regulariser(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """L_LADE of the docstring for float32 logits ``z`` [B, C]."""
-        onehot = F.one_hot(target, z.shape[1]).to(z.dtype)
-        first = (onehot * z).sum(0) / (onehot.sum(0) + 1e-8)
-        shifted = z - self.log_prior.to(z.device) + self.log_balanced
-        second = torch.logsumexp(shifted, dim=0) - math.log(z.shape[0])
-        bound = first - second - self.remine_lambda * second.pow(2)
-        return -(self.prior.to(z.device) * bound).sum()
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         z = logits.float()
-        pc = F.cross_entropy(z + self.log_prior.to(z.device), target)
-        return pc + self.alpha * self.regulariser(z, target)
+        if self.epoch < self.start_epoch:
+            return F.cross_entropy(z, target)
+        grad = (z.softmax(1) - F.one_hot(target, z.shape[1])).abs().sum(1)  # ‖p − y‖₁
+        influence = grad * features.float().flatten(1).abs().sum(1)  # · ‖h‖₁
+        ce = F.cross_entropy(z, target, weight=self.weight.to(z.device), reduction="none")  # w_{y_i} CE_i
+        return (ce * self.alpha / (influence + self.eps)).mean()
 
 
 # --------------------------------------------------------------------------- registry
@@ -425,6 +244,11 @@ def _lade(loss_cfg, counts: np.ndarray) -> nn.Module:
     return LADELoss(counts, alpha=loss_cfg.lade_alpha)
 
 
+def _ib(loss_cfg, counts: np.ndarray) -> nn.Module:
+    _smoothing_unused(loss_cfg)
+    return InfluenceBalancedLoss(counts, alpha=loss_cfg.ib_alpha, start_epoch=loss_cfg.ib_start_epoch)
+
+
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "ce": _ce,
     "focal": _focal,
@@ -436,6 +260,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bal_bce": _bal_bce,
     "mislas": _mislas,
     "lade": _lade,
+    "ib": _ib,
 }
 
 

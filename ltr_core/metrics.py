@@ -13,6 +13,9 @@ Inputs are numpy arrays or torch tensors (converted on entry); outputs are pytho
   conf_i = max_j softmax(z_i)_j (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017;
   the LiVT ``calibration()`` protocol).
 * Samples with a negative label (the open-set label -1) are ignored by the closed-set metrics.
+
+Open-set metrics: :mod:`ltr_core.metrics_open`; multi-label metrics: :mod:`ltr_core.metrics_multilabel`
+(both still importable from here).
 """
 
 from __future__ import annotations
@@ -264,269 +267,24 @@ def evaluate(logits: Any, labels: Any, class_counts: Any, *, many: int = 100, fe
 
 
 # ----------------------------------------------------------------------------------------------
-# open-set recognition (OLTR protocol, Liu et al., CVPR 2019; methods.md §1.5)
+# moved: open-set (ltr_core.metrics_open) and multi-label (ltr_core.metrics_multilabel) metrics; the
+# names other modules, tests and notebooks use from here still work
 
-OPEN_THETA = 0.1  # the protocol's fixed max-softmax threshold (never tuned)
-OPEN_THETAS = tuple(round(0.05 * i, 2) for i in range(19))  # the sweep: 0, 0.05, ..., 0.9
-F_VARIANTS = ("post_fix", "pre_fix")
-
-
-def max_softmax(logits: Any, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """(conf, argmax) with conf_i = max_j softmax(z_i)_j = 1 / sum_j exp(z_ij - max_k z_ik), row chunks in float64."""
-    z = _np(logits)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be [N, C], got shape {z.shape}")
-    conf = np.empty(z.shape[0], dtype=np.float64)
-    for s in range(0, z.shape[0], chunk):
-        block = z[s:s + chunk].astype(np.float64)
-        conf[s:s + chunk] = 1.0 / np.exp(block - block.max(axis=1, keepdims=True)).sum(axis=1)
-    return conf, z.argmax(axis=1)
+_MOVED = {
+    **dict.fromkeys((
+        "OPEN_THETA", "OPEN_THETAS", "F_VARIANTS", "max_softmax", "open_set_predictions", "_check_open_inputs",
+        "_f_from_counts", "open_set_counts", "open_set_f_measure", "open_set_sweep", "open_set_metrics",
+    ), "metrics_open"),
+    **dict.fromkeys((
+        "ML_GROUPS", "multilabel_groups", "average_precision", "per_class_ap", "sigmoid", "precision_at_1",
+        "top1_calibration", "_ap_summary", "multilabel_evaluate",
+    ), "metrics_multilabel"),
+}
 
 
-def open_set_predictions(logits: Any, theta: float = OPEN_THETA) -> np.ndarray:
-    """yhat_i = argmax_j softmax(z_i)_j, replaced by -1 ("unknown") where max_j softmax(z_i)_j < theta."""
-    conf, pred = max_softmax(logits)
-    pred = pred.astype(np.int64)
-    pred[conf < theta] = -1
-    return pred
+def __getattr__(name: str) -> Any:  # PEP 562: lazy, so the moved modules can import this one
+    if name in _MOVED:
+        import importlib
 
-
-def _check_open_inputs(logits_known: Any, labels_known: Any, logits_open: Any) -> tuple:
-    zk, zo = _np(logits_known), _np(logits_open)
-    y = _np(labels_known).astype(np.int64).reshape(-1)
-    if zk.ndim != 2 or zo.ndim != 2 or zk.shape[1] != zo.shape[1]:
-        raise ValueError(f"logits_known and logits_open must be [N, C] with the same C, got {zk.shape} and {zo.shape}")
-    if zk.shape[0] != y.shape[0]:
-        raise ValueError(f"{zk.shape[0]} known-class logits for {y.shape[0]} labels")
-    if (y < 0).any():
-        raise ValueError("labels_known holds negative (open-set) labels; pass open-set samples as logits_open")
-    return zk, y, zo
-
-
-def _f_from_counts(tp: int, fp: int, fn: int) -> float:
-    """F = 2PR/(P+R) with P = TP/(TP+FP), R = TP/(TP+FN), i.e. 2TP/(2TP+FP+FN), in %; 0 when TP = 0."""
-    denom = 2 * tp + fp + fn
-    return float(100.0 * 2 * tp / denom) if denom else float("nan")
-
-
-def open_set_counts(pred_known: np.ndarray, labels_known: np.ndarray, pred_open: np.ndarray) -> dict[str, int]:
-    """TP, FP (post-fix: every misclassified known sample, rejected ones included), FP pre-fix (rejected
-    known samples not counted), FN (open samples accepted as a known class). TN is not used."""
-    wrong = pred_known != labels_known
-    return {"tp": int((~wrong).sum()), "fp": int(wrong.sum()), "fp_pre_fix": int((wrong & (pred_known != -1)).sum()),
-            "fn": int((pred_open != -1).sum())}
-
-
-def open_set_f_measure(logits_known: Any, labels_known: Any, logits_open: Any, theta: float = OPEN_THETA,
-                       variant: str = "post_fix") -> float:
-    """Open-set F-measure in % (OLTR, Liu et al. CVPR 2019; definition of OpenMax, Bendale & Boult 2016).
-
-    Test pool = known-class samples (labels >= 0) and open samples; yhat = argmax softmax, -1 where
-    max softmax < ``theta``. TP = known samples with yhat = y; FN = open samples with yhat != -1;
-    FP (``post_fix``, the OLTR code since commit 7decb38, 2020-01-29) = known samples with yhat != y,
-    **including those rejected as -1**; FP (``pre_fix``, the earlier OLTR code and classifier-balancing's
-    ``F_measure``) leaves rejected known samples out, which inflates precision.
-    F = 2PR/(P+R) = 2TP/(2TP+FP+FN).
-    """
-    if variant not in F_VARIANTS:
-        raise ValueError(f"variant must be one of {F_VARIANTS}, got {variant!r}")
-    zk, y, zo = _check_open_inputs(logits_known, labels_known, logits_open)
-    c = open_set_counts(open_set_predictions(zk, theta), y, open_set_predictions(zo, theta))
-    return _f_from_counts(c["tp"], c["fp"] if variant == "post_fix" else c["fp_pre_fix"], c["fn"])
-
-
-def open_set_sweep(logits_known: Any, labels_known: Any, logits_open: Any,
-                   thetas: tuple[float, ...] = OPEN_THETAS) -> dict[str, list[float]]:
-    """F-measure (post- and pre-fix), closed-set accuracy under rejection (rejected known samples
-    count as wrong; = post-fix precision) and the % of open samples rejected, for each threshold."""
-    zk, y, zo = _check_open_inputs(logits_known, labels_known, logits_open)
-    conf_k, pred_k = max_softmax(zk)
-    conf_o, _ = max_softmax(zo)
-    out: dict[str, list[float]] = {"theta": [], "f_measure": [], "f_measure_pre_fix": [], "closed_accuracy": [],
-                                   "open_rejection": []}
-    for theta in thetas:
-        pk = np.where(conf_k < theta, -1, pred_k)
-        po = np.where(conf_o < theta, -1, 0)
-        c = open_set_counts(pk, y, po)
-        out["theta"].append(float(theta))
-        out["f_measure"].append(_f_from_counts(c["tp"], c["fp"], c["fn"]))
-        out["f_measure_pre_fix"].append(_f_from_counts(c["tp"], c["fp_pre_fix"], c["fn"]))
-        out["closed_accuracy"].append(float(100.0 * c["tp"] / y.size) if y.size else float("nan"))
-        out["open_rejection"].append(float(100.0 * (po == -1).mean()) if po.size else float("nan"))
-    return out
-
-
-def open_set_metrics(logits_known: Any, labels_known: Any, logits_open: Any, class_counts: Any, *,
-                     theta: float = OPEN_THETA, many: int = 100, few: int = 20,
-                     thetas: tuple[float, ...] = OPEN_THETAS) -> dict:
-    """Every open-set number of the protocol (methods.md §1.5), in %:
-
-    f_measure (post-fix, the headline), f_measure_pre_fix, open_precision / open_recall (post-fix),
-    open_top1 (known-sample accuracy with rejection), open_many / open_medium / open_few (shot groups
-    after thresholding: a rejected known sample is wrong; NaN for an empty group), open_rejection
-    (% of open samples rejected, the OLTR code's "openset accuracy"), known_rejection (% of known
-    samples rejected), open_theta, open_samples, and f_measure_sweep (:func:`open_set_sweep`).
-    The closed-set metrics of :func:`evaluate` stay computed without rejection.
-    """
-    zk, y, zo = _check_open_inputs(logits_known, labels_known, logits_open)
-    counts = _np(class_counts).reshape(-1)
-    pk, po = open_set_predictions(zk, theta), open_set_predictions(zo, theta)
-    c = open_set_counts(pk, y, po)
-    acc = per_class_accuracy(pk, y, int(counts.size))
-    groups = group_accuracy(acc, shot_groups(counts, many=many, few=few))
-    tp, fp, fn = c["tp"], c["fp"], c["fn"]
-    return {
-        "f_measure": _f_from_counts(tp, fp, fn),
-        "f_measure_pre_fix": _f_from_counts(tp, c["fp_pre_fix"], fn),
-        "open_precision": float(100.0 * tp / (tp + fp)) if tp + fp else float("nan"),
-        "open_recall": float(100.0 * tp / (tp + fn)) if tp + fn else float("nan"),
-        "open_top1": float(100.0 * tp / y.size) if y.size else float("nan"),
-        **{f"open_{g}": v for g, v in groups.items()},
-        "open_rejection": float(100.0 * (po == -1).mean()) if po.size else float("nan"),
-        "known_rejection": float(100.0 * (pk == -1).mean()) if pk.size else float("nan"),
-        "open_theta": float(theta),
-        "open_samples": int(zo.shape[0]),
-        "f_measure_sweep": open_set_sweep(zk, y, zo, thetas),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# multi-label recognition (VOC-MLT, COCO-MLT, mosaic-MLT; methods.md §1.7)
-
-ML_GROUPS = ("head", "medium", "tail")
-
-
-def multilabel_groups(class_counts: Any, head: int = 100, tail: int = 20) -> dict[str, np.ndarray]:
-    """Head / medium / tail class indices of the multi-label protocol (methods.md §1.7; DB-Focal, LMPT).
-
-    n_c = training images *containing* class c: head n_c >= ``head``, medium ``tail`` <= n_c < ``head``,
-    tail n_c < ``tail`` (VOC-MLT 6 / 6 / 8, COCO-MLT 22 / 33 / 25). Note the ``>=`` at the head boundary:
-    the single-label rule (> 100) would put VOC's potted plant (exactly 100) in medium.
-    """
-    n = _np(class_counts).reshape(-1)
-    return {
-        "head": np.flatnonzero(n >= head).astype(np.int64),
-        "medium": np.flatnonzero((n >= tail) & (n < head)).astype(np.int64),
-        "tail": np.flatnonzero(n < tail).astype(np.int64),
-    }
-
-
-def average_precision(scores: Any, targets: Any) -> float:
-    """Non-interpolated average precision of one class, in %: AP = Σ_n (R_n − R_{n−1}) P_n.
-
-    The images are ranked by decreasing score; n runs over the distinct score values (tied images
-    enter together), P_n and R_n are the precision and recall of the images scoring >= the n-th value.
-    Equals scikit-learn's ``average_precision_score``. NaN when the class has no positive image.
-    """
-    s = _np(scores).astype(np.float64).reshape(-1)
-    y = _np(targets).reshape(-1) > 0
-    if s.shape != y.shape:
-        raise ValueError(f"scores ({s.shape[0]}) and targets ({y.shape[0]}) must have the same length")
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_value = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of every distinct score
-    tp = np.cumsum(y)[last_of_value].astype(np.float64)
-    precision = tp / (last_of_value + 1)
-    recall = tp / n_pos
-    return float(100.0 * np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def per_class_ap(scores: Any, targets: Any) -> np.ndarray:
-    """AP_c in % for every column c of scores [N, C] against multi-hot targets [N, C] (NaN: no positive)."""
-    s, t = _np(scores), _np(targets)
-    if s.ndim != 2 or s.shape != t.shape:
-        raise ValueError(f"scores and targets must both be [N, C], got {s.shape} and {t.shape}")
-    return np.array([average_precision(s[:, c], t[:, c]) for c in range(s.shape[1])], dtype=np.float64)
-
-
-def sigmoid(logits: Any) -> np.ndarray:
-    """σ(z) = 1 / (1 + exp(−z)) in float64 (saturates to 1.0 for z > 36: rank with the logits instead)."""
-    z = _np(logits).astype(np.float64)
-    return np.exp(-np.logaddexp(0.0, -z))
-
-
-def precision_at_1(scores: Any, targets: Any) -> float:
-    """% of images (with at least one label) whose top-scoring class is one of their labels.
-
-    The multi-label reading of top-1 accuracy ("is the first guess right?"); images without labels
-    (48 COCO val images) are left out.
-    """
-    s, t = _np(scores), _np(targets) > 0
-    keep = t.any(axis=1)
-    if not keep.any():
-        return float("nan")
-    top = s[keep].argmax(axis=1)
-    return float(100.0 * t[keep][np.arange(top.size), top].mean())
-
-
-def top1_calibration(logits: Any, targets: Any, n_bins: int = 15) -> dict[str, float]:
-    """ECE / MCE in % of the top-1 guess: conf_i = max_j softmax(z_i)_j, correct_i = [argmax_j z_ij ∈ Y_i].
-
-    The single-label protocol's calibration (:func:`calibration`, 15 bins) with "correct" meaning the
-    top class is one of the image's labels; images without labels are left out.
-    """
-    z, t = _np(logits), _np(targets) > 0
-    keep = t.any(axis=1)
-    if not keep.any():
-        return {"ece": float("nan"), "mce": float("nan")}
-    z, t = z[keep], t[keep]
-    top = z.argmax(axis=1)
-    # relabel: the top class where it is right, another (wrong) class where it is not
-    wrong = (top + 1) % z.shape[1]
-    y = np.where(t[np.arange(top.size), top], top, wrong)
-    return calibration(softmax(z), y, n_bins=n_bins)
-
-
-def _ap_summary(ap: np.ndarray, groups: Mapping[str, np.ndarray], prefix: str) -> dict[str, float]:
-    out = {prefix: _nanmean(ap)}
-    out.update({f"{prefix}_{g}": _nanmean(ap[idx]) for g, idx in groups.items()})
-    return out
-
-
-def multilabel_evaluate(logits: Any, targets: Any, class_counts: Any, *, head: int = 100, tail: int = 20,
-                        n_bins: int = 15) -> dict:
-    """Every multi-label metric for logits [N, C] and multi-hot targets [N, C] (methods.md §1.7), in %.
-
-    * ``map`` (headline) = nanmean_c AP_c with **sigmoid scores** σ(z) (DB-Focal's protocol). σ is monotone,
-      so AP is computed on z itself, which keeps the ranking exact where σ saturates (CLIP logits ~ 100·cos);
-      ``map_head`` / ``map_medium`` / ``map_tail`` over :func:`multilabel_groups` (>= head / tail..head−1 /
-      < tail images containing the class; an empty group is NaN);
-    * ``map_softmax`` (+ ``_head`` / ``_medium`` / ``_tail``) with softmax-over-classes scores, the score of
-      the TailCLIP / LM-CLIP and LMPT zero-shot code (comparable with their numbers);
-    * the keys every results.json carries, given a multi-label meaning: ``many`` / ``medium`` / ``few`` =
-      ``map_head`` / ``map_medium`` / ``map_tail``; ``top1`` = precision@1 (:func:`precision_at_1`);
-      ``mean_per_class`` = ``map``; ``ece`` / ``mce`` of the top-1 guess (:func:`top1_calibration`);
-    * ``per_class`` (sigmoid AP), ``per_class_softmax``, ``shot_groups`` ({head, medium, tail} index
-      lists), ``group_sizes``, ``shot_rule``, ``score`` ("sigmoid"), num_classes, num_samples,
-      ``num_unlabelled`` (test images without any label: negatives for every class).
-    """
-    z = _np(logits).astype(np.float64)
-    t = (_np(targets) > 0).astype(np.int64)
-    counts = _np(class_counts).reshape(-1)
-    num_classes = int(counts.size)
-    if z.ndim != 2 or z.shape[1] != num_classes or t.shape != z.shape:
-        raise ValueError(f"logits and targets must both be [N, {num_classes}] (one column per class), "
-                         f"got {z.shape} and {t.shape}")
-    groups = multilabel_groups(counts, head=head, tail=tail)
-    ap = per_class_ap(z, t)
-    ap_soft = per_class_ap(softmax(z), t)
-    out: dict[str, Any] = _ap_summary(ap, groups, "map")
-    out.update(_ap_summary(ap_soft, groups, "map_softmax"))
-    out.update({"many": out["map_head"], "medium": out["map_medium"], "few": out["map_tail"],
-                "top1": precision_at_1(z, t), "mean_per_class": out["map"]})
-    out.update(top1_calibration(z, t, n_bins=n_bins))
-    out.update({
-        "score": "sigmoid",
-        "num_classes": num_classes,
-        "num_samples": int(z.shape[0]),
-        "num_unlabelled": int((t.sum(axis=1) == 0).sum()),
-        "per_class": [float(a) for a in ap],
-        "per_class_softmax": [float(a) for a in ap_soft],
-        "shot_groups": {g: [int(i) for i in idx] for g, idx in groups.items()},
-        "group_sizes": {g: int(idx.size) for g, idx in groups.items()},
-        "shot_rule": {"head": f">={head}", "medium": f"{tail}-{head - 1}", "tail": f"<{tail}"},
-    })
-    return out
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

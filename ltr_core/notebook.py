@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -42,6 +43,7 @@ from .config import KEY_OWNER, RunConfig, from_params, to_flat
 NOTEBOOKS: dict[str, tuple[tuple[str, ...], str]] = {
     "erm.ipynb": (("erm",), "params/digits_lt/ce.yaml"),
     "decouple.ipynb": (("decouple",), "params/digits_lt/crt.yaml"),
+    "knn.ipynb": (("knn",), "params/digits_lt/knn.yaml"),
     "oltr.ipynb": (("oltr",), "params/digits_lt/oltr.yaml"),
     "livt.ipynb": (("livt",), "params/digits_lt/livt.yaml"),
     "pel.ipynb": (("pel", "zeroshot"), "params/digits_lt/pel_tiny.yaml"),
@@ -73,17 +75,19 @@ def declared_keys(notebook: str) -> list[str]:
 
 
 def field_comments() -> dict[str, str]:
-    """The trailing comment of every config field (its help text), read from config.py's source."""
-    source = Path(config.__file__).read_text()
-    lines = source.splitlines()
+    """The trailing comment of every config field (its help text), read from the source of the modules that
+    define the config sections (ltr_core/config_sections.py, ltr_core/config_families.py)."""
     out: dict[str, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type != tokenize.COMMENT:
-            continue
-        code = lines[tok.start[0] - 1][: tok.start[1]]
-        name = code.strip().split(":", 1)[0]
-        if code.startswith("    ") and ":" in code and "=" in code and name in KEY_OWNER and name not in out:
-            out[name] = tok.string.lstrip("#").strip()
+    for path in sorted({inspect.getsourcefile(cls) for cls in config.SECTIONS.values()}):
+        source = Path(path).read_text()
+        lines = source.splitlines()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            code = lines[tok.start[0] - 1][: tok.start[1]]
+            name = code.strip().split(":", 1)[0]
+            if code.startswith("    ") and ":" in code and "=" in code and name in KEY_OWNER and name not in out:
+                out[name] = tok.string.lstrip("#").strip()
     return out
 
 

@@ -18,30 +18,29 @@ A run lives in ``results/<suite>/<run_id>/``::
 Every file is written through :func:`atomic_write_bytes` (temp file in the same directory, fsync,
 ``os.replace``), so a killed process leaves either the old or the new file, never half of one.
 JSON never holds NaN: :func:`to_jsonable` maps NaN/inf to ``null`` (an empty shot group) and
-:func:`dump_json` uses ``allow_nan=False`` to catch accidents.
+:func:`dump_json` uses ``allow_nan=False`` to catch accidents (:mod:`ltr_core.atomic_io`). Provenance
+(:func:`versions`): :mod:`ltr_core.provenance`; the one-writer lock and archiving: :mod:`ltr_core.run_lock`
+(all still importable from here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
-import math
 import os
-import platform
-import socket
-import subprocess
-import tempfile
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
 
-from . import faults
+from .atomic_io import (_atomic_open, _fsync_dir, atomic_write_bytes, atomic_write_text,  # noqa: F401 (re-exported)
+                        current_umask, dump_json, to_jsonable)
+from .provenance import _dist_version, _run, git_sha, versions  # noqa: F401 (re-exported)
+from .run_lock import (_HELD_LOCKS, ARCHIVE_DIR, RunBusy, acquire_run_lock,  # noqa: F401 (re-exported)
+                       archive_run_dir, release_all_run_locks, release_run_lock)
 
 REQUIRED_RESULT_KEYS: tuple[str, ...] = (
     "run_id", "dataset", "method", "seed", "config_hash", "metrics", "class_counts", "per_class",
@@ -49,169 +48,6 @@ REQUIRED_RESULT_KEYS: tuple[str, ...] = (
 )
 REQUIRED_METRIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
 REQUIRED_VERSION_KEYS: tuple[str, ...] = ("python", "torch", "ltr_core")
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic files and JSON
-
-
-@contextlib.contextmanager
-def _atomic_open(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
-    """Yield a binary file in ``path``'s directory; on success fsync it and ``os.replace`` it onto ``path``.
-
-    On any exception (including a failing ``os.replace``) the temp file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run folder is shared as the umask says
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        faults.point(f"before replace {path.name}")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    faults.point(f"after replace {path.name}")
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (best effort; not possible on every platform)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
-    with _atomic_open(path) as f:
-        f.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types from numpy scalars/arrays, torch tensors, paths, tuples, sets and dataclasses.
-
-    Non-finite floats (NaN, inf) become ``None`` (JSON ``null``), e.g. an empty shot group.
-    """
-    if obj is None or isinstance(obj, bool):
-        return obj
-    if isinstance(obj, str):
-        return str(obj)  # plain str, also for subclasses such as torch.__version__ (TorchVersion)
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    raise TypeError(f"cannot convert {type(obj).__name__} to JSON: {obj!r}")
-
-
-def dump_json(obj: Any, indent: int | None = 2) -> str:
-    """``json.dumps(to_jsonable(obj), allow_nan=False)``; ``indent=None`` gives one line."""
-    return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False, ensure_ascii=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# provenance
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_sha(path: str | os.PathLike | None = None) -> str:
-    """``git rev-parse HEAD`` of the checkout holding ``path`` (default: the ltr_core package).
-
-    "+dirty" is appended when ``git status --porcelain`` is non-empty; "unknown" when the package is
-    not in a git checkout (installed wheel, ignored folder such as a venv, no commit yet, no git).
-    """
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    head = _run(["git", "rev-parse", "HEAD"], where)
-    if head is None or head.returncode != 0:
-        return "unknown"
-    ignored = _run(["git", "check-ignore", "-q", str(where)], where)
-    if ignored is not None and ignored.returncode == 0:  # e.g. site-packages inside a repo's .venv
-        return "unknown"
-    sha = head.stdout.strip()
-    status = _run(["git", "status", "--porcelain"], where)
-    if status is not None and status.returncode == 0 and status.stdout.strip():
-        sha += "+dirty"
-    return sha
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, Any]:
-    """Software and machine provenance for config.yaml / results.json.
-
-    Keys: python, torch, torchvision, timm, open_clip (None when not installed), numpy, cuda
-    (``torch.version.cuda``), cuda_device (name, only when CUDA is already initialised in this process,
-    so calling this never initialises CUDA), ltr_core (package version), git_sha, hostname, platform.
-    Package versions are read from installed metadata, not by importing the packages.
-    """
-    import torch
-
-    from . import __version__
-
-    device = None
-    if torch.cuda.is_initialized():
-        with contextlib.suppress(Exception):
-            device = torch.cuda.get_device_name(torch.cuda.current_device())
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "torchvision": _dist_version("torchvision"),
-        "timm": _dist_version("timm"),
-        "open_clip": _dist_version("open_clip_torch"),
-        "numpy": np.__version__,
-        "cuda": torch.version.cuda,
-        "cuda_device": device,
-        "ltr_core": __version__,
-        "git_sha": git_sha(),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,84 +64,6 @@ def missing_result_keys(results: Mapping[str, Any]) -> list[str]:
         elif parent in results:
             missing += [f"{parent}.{k}" for k in keys]
     return missing
-
-
-class RunBusy(RuntimeError):
-    """Another live process holds this run directory's lock."""
-
-
-_HELD_LOCKS: dict[str, int] = {}  # resolved run dir -> open lock-file descriptor (this process)
-
-
-def acquire_run_lock(path: str | os.PathLike) -> None:
-    """Make this process the one writer of the run directory ``path`` (re-entrant within a process).
-
-    ``fcntl.flock`` on ``<path>/.lock``: the kernel releases it when the holder dies (also on SIGKILL),
-    so a crashed run never blocks the next one. The file records the holder (pid, host, start time,
-    command); a second process gets :class:`RunBusy` naming it. No-op where ``fcntl`` is missing.
-    """
-    key = str(Path(path).resolve())
-    if key in _HELD_LOCKS:
-        return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        return
-    Path(path).mkdir(parents=True, exist_ok=True)
-    lock_path = Path(path) / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
-        os.close(fd)
-        raise RunBusy(f"{path} is being written by another process ({holder}); wait for it to finish "
-                      f"(or stop it), then run again: a run directory has one writer at a time") from None
-    import sys
-    import time
-
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                 f"{' '.join(sys.argv)[:300]}\n".encode())
-    _HELD_LOCKS[key] = fd
-
-
-def release_run_lock(path: str | os.PathLike) -> None:
-    """Release this process's lock on ``path`` (no-op if not held)."""
-    fd = _HELD_LOCKS.pop(str(Path(path).resolve()), None)
-    if fd is not None:
-        os.close(fd)  # closing the descriptor drops the flock
-
-
-def release_all_run_locks() -> None:
-    for key in list(_HELD_LOCKS):
-        release_run_lock(key)
-
-
-ARCHIVE_DIR = ".archive"  # <results_root>/.archive/: runs moved aside (--force, stale inputs); never collected
-
-
-def archive_run_dir(path: str | os.PathLike, results_root: str | os.PathLike) -> Path | None:
-    """Move a run directory to ``<results_root>/.archive/<its path under results_root>-<time>/`` (one
-    rename; nothing is deleted) and return the new path; None if ``path`` does not exist. Reports never
-    look there, so an archived run is never counted in a table."""
-    import time
-
-    path, root = Path(path), Path(results_root)
-    if not path.exists():
-        return None
-    try:
-        rel = path.resolve().relative_to(root.resolve())
-    except ValueError:
-        rel = Path(path.name)
-    target = root / ARCHIVE_DIR / rel.parent / f"{rel.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while target.exists():
-        target = target.with_name(f"{target.name.split('~')[0]}~{n}")
-        n += 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, target)
-    return target
 
 
 class RunDir:

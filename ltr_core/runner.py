@@ -42,6 +42,7 @@ import yaml
 from . import params as params_mod
 from .config import ConfigError, RunConfig, config_hash
 from .methods import get_method
+from .placement import _worker_init, visible_gpus, worker_env  # noqa: F401 (re-exported)
 from .nbexec import KERNEL, RunFailed, ensure_kernel, execute_notebook, run_in_notebook  # noqa: F401 (re-exported)
 from .results import RunBusy, RunDir, acquire_run_lock, archive_run_dir, release_run_lock
 
@@ -253,36 +254,6 @@ def job_parents(jobs: list[tuple[str, dict[str, Any]]]) -> list[int | None]:
     return [index.get(init) if init and index.get(init) != i else None for i, init in enumerate(inits)]
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs runs may be placed on: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device (none: [])."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no usable CUDA build: CPU only
-        return []
-
-
-def worker_env(slot: int, threads: int, gpus: list[str]) -> dict[str, str]:
-    """The environment of worker ``slot``: ``threads`` BLAS/OpenMP threads and, with GPUs, one of them
-    round-robin (``CUDA_VISIBLE_DEVICES``: slot 0 -> gpus[0], slot 1 -> gpus[1], ...; more workers than
-    GPUs put several runs on one GPU, which suits small models such as ResNet-32 where memory allows)."""
-    env = {"OMP_NUM_THREADS": str(threads)}
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    return env
-
-
-def _worker_init(threads: int, gpus: list[str], counter) -> None:
-    with counter.get_lock():
-        slot = counter.value
-        counter.value += 1
-    os.environ.update(worker_env(slot, threads, gpus))  # inherited by the papermill kernels this worker starts
-
-
 def _run_parallel(jobs: list[tuple[str, dict[str, Any]]], workers: int, use_notebook: bool,
                   profiles: list[tuple[str, dict[str, Any]]] = ()) -> list[RunOutcome]:
     """Every job, at most ``workers`` at a time in spawned processes, each with cores // workers BLAS/OpenMP
@@ -318,9 +289,40 @@ def _run_parallel(jobs: list[tuple[str, dict[str, Any]]], workers: int, use_note
     return [outcomes[i] for i in range(len(tasks))]
 
 
+def _run_packed(jobs: list[tuple[str, dict[str, Any]]]) -> tuple[list[RunOutcome], list[tuple[str, dict[str, Any]]]]:
+    """``--pack``: the jobs that train as one packed network (ltr_core.packing; in-process, bit for bit the lone
+    runs on the CPU) -> their outcomes and the jobs left to run one by one (a group that fails to pack runs so)."""
+    from . import packing
+
+    cfgs = [resolve_params(path, ov)[1] for path, ov in jobs]
+    outcomes, left = [], set(range(len(jobs)))
+    for group in packing.packable_groups(cfgs):
+        todo = [i for i in group if not RunDir(cfgs[i].run_path()).is_complete(config_hash(cfgs[i]))]
+        if len(todo) < 2:
+            continue  # complete ones are skipped below; one alone runs alone
+        print(f"pack  {len(todo)} runs as one network: {', '.join(cfgs[i].run_id for i in todo)}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            results = packing.train_packed([cfgs[i] for i in todo])
+        except Exception as err:  # e.g. a loss that wants features: these run one by one
+            print(f"      not packed ({err}); they run one by one", file=sys.stderr, flush=True)
+            continue
+        seconds = time.perf_counter() - t0
+        for i, res in zip(todo, results):
+            run_dir = cfgs[i].run_path()
+            print(f"done  {cfgs[i].run_id} top1={res['metrics']['top1']:.2f} (packed, {seconds:.0f} s) -> {run_dir}",
+                  flush=True)
+            outcomes.append(RunOutcome(cfgs[i].run_id, run_dir, "complete", seconds))
+        left -= set(todo)
+    return outcomes, [jobs[i] for i in sorted(left)]
+
+
 def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *, report: bool = True,
-              use_notebook: bool = True, workers: int = 1) -> list[RunOutcome]:
+              use_notebook: bool = True, workers: int = 1, pack: bool = False) -> list[RunOutcome]:
     """Profiles, every run x seed (skipping complete ones), then the report notebook.
+
+    ``pack`` first trains the runs that differ only in seed, loss settings, head or sampler (ResNet-32 ERM)
+    as one packed network each, in this process (``ltr suite --pack``, ltr_core.packing).
 
     ``workers`` > 1 runs independent runs concurrently on this machine (stage-2 runs after the runs
     they start from); the default runs them one after another in the suite's order.
@@ -329,6 +331,8 @@ def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *
     jobs = expand_runs(suite, overrides)
     profiles = [(params_path, {**(overrides or {}), "suite": suite.name}) for params_path in suite.profiles]
     outcomes = []
+    if pack:
+        outcomes, jobs = _run_packed(jobs)
     if workers > 1:
         outcomes.extend(_run_parallel(jobs, workers, use_notebook, profiles))
     else:

@@ -272,7 +272,7 @@ def test_lade_formula():
 
 def test_registered_names():
     assert set(LOSSES) == {"ce", "focal", "cb", "ldam", "ldam_drw", "logit_adjusted", "balanced_softmax",
-                           "bal_bce", "mislas", "lade"}
+                           "bal_bce", "mislas", "lade", "ib"}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -280,17 +280,18 @@ def test_every_loss_builds_from_default_config_and_backprops(name):
     cfg = from_params({"loss": name})
     loss = build_loss(cfg.loss, COUNTS)
     if hasattr(loss, "set_epoch"):
-        loss.set_epoch(cfg.loss.drw_epoch)  # DRW phase on for ldam_drw
+        loss.set_epoch(cfg.loss.drw_epoch)  # DRW phase on for ldam_drw (and the IB phase for ib)
     torch.manual_seed(0)
     z = torch.randn(9, C, requires_grad=True)
     z_in = torch.tanh(z) if name.startswith("ldam") else z
     y = torch.randint(0, C, (9,), dtype=torch.int64)
-    value = loss(z_in, y)
+    kw = {"features": torch.rand(9, 4)} if getattr(loss, "wants_features", False) else {}  # ib: the head's input
+    value = loss(z_in, y, **kw)
     assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     # bf16 logits (autocast output) are computed in float32
-    assert torch.isfinite(loss(z_in.detach().bfloat16(), y)) and loss(z_in.detach().bfloat16(), y).dtype == torch.float32
+    assert torch.isfinite(loss(z_in.detach().bfloat16(), y, **kw)) and loss(z_in.detach().bfloat16(), y, **kw).dtype == torch.float32
 
 
 def test_build_loss_reads_the_config_keys():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_params
-from ltr_core import engine
+from conftest import REPO, tiny_params
+from ltr_core import engine, params
 from ltr_core.config import from_params
 from ltr_core.methods import erm
 from ltr_core.models import build_model
@@ -86,12 +86,14 @@ def test_unpack_state_round_trips_names_and_values():
 # ---------------------------------------------------------------------------------------------- whole runs
 
 
-def _group(root, **kw):
-    """Two CE seeds and an LDAM-DRW member (cosine head, DRW from epoch 1) on one ResNet-32 backbone."""
-    base = tiny_params(root, epochs=2, **kw)
-    return [from_params({**base, "name": "p", "seed": 0}), from_params({**base, "name": "p", "seed": 1}),
-            from_params({**base, "name": "ldam", "seed": 0, "loss": "ldam_drw", "drw_epoch": 1, "head": "cosine",
-                         "cosine_scale": 1.0})]
+def _group(root):
+    """params/digits_lt/ce.yaml for 2 epochs: two CE seeds and an LDAM-DRW member (cosine head, DRW from
+    epoch 1) on one ResNet-32 backbone, resolved as `ltr run ... --set` resolves them."""
+    common = {"epochs": 2, "eval_every": 1, "device": "cpu", "tensorboard": False, "results_root": str(root),
+              "cache_dir": str(root / "cache")}
+    members = [{"seed": 0}, {"seed": 1}, {"seed": 0, "name": "ldam", "loss": "ldam_drw", "drw_epoch": 1,
+                                          "head": "cosine", "cosine_scale": 1.0}]
+    return [params.resolve(REPO / "params/digits_lt/ce.yaml", {**common, **m})[1] for m in members]
 
 
 def test_packed_runs_equal_the_lone_runs(tmp_path):

@@ -159,6 +159,31 @@ def test_parallel_suite_runs_stage2_after_its_stage1(tmp_path):
     assert (tmp_path / "figures" / "summary.md").is_file()
 
 
+def test_pack_trains_the_seeds_as_one_network_then_stage2_and_equals_the_lone_runs(tmp_path):
+    """`ltr suite --pack`: the two CE seeds train as one packed network (results.json says with which run),
+    their numbers are the lone runs' (CPU: bit for bit), the stage-2 run starts from the packed CE run,
+    and a second --pack run skips everything."""
+    suite = tmp_path / "pack.yaml"
+    suite.write_text(yaml.safe_dump({"name": "pack", "runs": [
+        {"params": str(REPO / "params/smoke/digits_ce.yaml"), "seeds": [0, 1]},
+        {"params": str(REPO / "params/smoke/digits_tau_norm.yaml"), "seeds": [0]}]}))
+    ov = lambda root: {"results_root": str(tmp_path / root), "cache_dir": str(tmp_path / "cache")}  # noqa: E731
+    packed = runner.run_suite(suite, ov("packed"), report=False, use_notebook=False, pack=True)
+    assert [o.status for o in packed] == ["complete"] * 3, [o.error for o in packed]
+    assert [o.run_id for o in packed] == ["digits_lt-erm-digits_ce-s0", "digits_lt-erm-digits_ce-s1",
+                                          "digits_lt-decouple-digits_tau_norm-s0"]
+    lone = runner.run_suite(suite, ov("lone"), report=False, use_notebook=False)
+    assert [o.status for o in lone] == ["complete"] * 3
+    for o_p, o_l in zip(packed, lone):
+        r_p, r_l = (json.loads((o.run_dir / "results.json").read_text()) for o in (o_p, o_l))
+        assert r_p["metrics"]["top1"] == r_l["metrics"]["top1"] and r_p["per_class"] == r_l["per_class"], o_p.run_id
+        assert "packed_with" not in r_l
+    ce0 = json.loads((packed[0].run_dir / "results.json").read_text())
+    assert ce0["packed_with"] == ["digits_lt-erm-digits_ce-s1"]
+    again = runner.run_suite(suite, ov("packed"), report=False, use_notebook=False, pack=True)
+    assert [o.status for o in again] == ["skipped"] * 3
+
+
 BLOCK_JUPYTER = """
 import sys
 class _Blocked:

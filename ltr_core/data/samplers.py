@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..registries import SAMPLER_REGISTRY, factory
 from .base import DataError
 
-SAMPLERS = ("instance", "class_balanced", "sqrt", "progressive", "class_aware")
+SAMPLERS = tuple(SAMPLER_REGISTRY)  # the names; each builds through its factory below (ltr_core.registries)
 SEED_STRIDE = 1_000_003
 
 
@@ -165,24 +166,44 @@ class ClassAwareSampler(EpochSampler):
         return out.reshape(-1)[: self.num_samples]
 
 
+def instance_sampler(labels, *, seed: int, num_samples: int | None = None, epochs: int | None = None) -> EpochSampler:
+    """``instance``: each image once per epoch, in a random order."""
+    return InstanceSampler(labels, seed=seed, num_samples=num_samples)
+
+
+def class_balanced_sampler(labels, *, seed: int, num_samples: int | None = None,
+                           epochs: int | None = None) -> EpochSampler:
+    """``class_balanced``: class-power sampling with q = 0."""
+    return ClassPowerSampler(labels, seed=seed, power=0.0, num_samples=num_samples)
+
+
+def sqrt_sampler(labels, *, seed: int, num_samples: int | None = None, epochs: int | None = None) -> EpochSampler:
+    """``sqrt``: class-power sampling with q = 1/2."""
+    return ClassPowerSampler(labels, seed=seed, power=0.5, num_samples=num_samples)
+
+
+def class_aware_sampler(labels, *, seed: int, num_samples: int | None = None,
+                        epochs: int | None = None) -> EpochSampler:
+    """``class_aware``: classifier-balancing's class cycle, 4 images per class visit."""
+    return ClassAwareSampler(labels, seed=seed, num_samples=num_samples)
+
+
+def progressive_sampler(labels, *, seed: int, num_samples: int | None = None,
+                        epochs: int | None = None) -> EpochSampler:
+    """``progressive``: instance- to class-balanced over ``epochs`` (required)."""
+    if epochs is None:
+        raise DataError("sampler 'progressive' needs the total number of epochs: pass epochs=cfg.train.epochs "
+                        "to build_sampler / make_loader")
+    return ProgressiveSampler(labels, seed=seed, epochs=epochs, num_samples=num_samples)
+
+
 def build_sampler(name: str, labels, *, seed: int, num_samples: int | None = None,
                   epochs: int | None = None) -> EpochSampler:
-    """Sampler by name: instance | class_balanced (q=0) | sqrt (q=1/2) | class_aware (4 per class visit) |
-    progressive (needs ``epochs``)."""
-    if name == "instance":
-        return InstanceSampler(labels, seed=seed, num_samples=num_samples)
-    if name == "class_balanced":
-        return ClassPowerSampler(labels, seed=seed, power=0.0, num_samples=num_samples)
-    if name == "sqrt":
-        return ClassPowerSampler(labels, seed=seed, power=0.5, num_samples=num_samples)
-    if name == "class_aware":
-        return ClassAwareSampler(labels, seed=seed, num_samples=num_samples)
-    if name == "progressive":
-        if epochs is None:
-            raise DataError("sampler 'progressive' needs the total number of epochs: pass epochs=cfg.train.epochs "
-                            "to build_sampler / make_loader")
-        return ProgressiveSampler(labels, seed=seed, epochs=epochs, num_samples=num_samples)
-    raise DataError(f"unknown sampler {name!r}; use one of {SAMPLERS}")
+    """Sampler by name (:data:`ltr_core.registries.SAMPLER_REGISTRY`): instance | class_balanced (q=0) |
+    sqrt (q=1/2) | class_aware (4 per class visit) | progressive (needs ``epochs``)."""
+    if name not in SAMPLER_REGISTRY:
+        raise DataError(f"unknown sampler {name!r}; use one of {SAMPLERS}")
+    return factory(SAMPLER_REGISTRY, name)(labels, seed=seed, num_samples=num_samples, epochs=epochs)
 
 
 class SequentialEpochSampler(EpochSampler):

@@ -23,6 +23,7 @@ METHODS: dict[str, str] = {
     "vlltr": "ltr_core.methods.vlltr",
     "livt": "ltr_core.methods.livt",
     "decouple": "ltr_core.methods.decouple",
+    "knn": "ltr_core.methods.knn",
 }
 
 

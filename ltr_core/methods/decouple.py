@@ -11,6 +11,8 @@ re-balances only the classifier on the frozen stage-1 backbone f(x), chosen by `
   (init 1) trained like cRT.
 * ``tau_norm`` — no training: z_c = w_c·f / ‖w_c‖^τ (bias dropped), τ swept over ``decouple_tau_grid``.
 * ``posthoc_la`` — no training: z = W f + b − τ log π (π the training prior), τ swept.
+* ``maxnorm`` — no training: the stage-1 class weights capped at the q-quantile of their norms
+  (:mod:`ltr_core.methods.decouple_maxnorm`), q swept like τ.
 * ``ncm``  — nearest class mean (``ncm_metric``): ``cl2n_l2`` (classifier-balancing's default, the 47.3 on
   ImageNet-LT) z_c = −‖x̂ − c_c‖², x̂ = (f − μ)/‖f − μ‖ with μ the mean training feature and c_c the mean
   of the x̂ of class c; ``cosine`` z_c = cos(f, μ_c), μ_c the mean raw training feature of class c.
@@ -23,6 +25,9 @@ once and cached in ``<stage-1 run>/features/`` (keyed by the stage-1 weights dig
 which is all that τ-norm, post-hoc LA, NCM and the cached variants read. The lr schedule of cRT/LWS is
 epoch-wise, stepped before (``pre_epoch``, classifier-balancing: the last epoch runs at lr 0) or after
 (``post_epoch``) each epoch.
+
+The modes are a registry, :data:`ltr_core.methods.decouple_modes.MODES` (name -> the class that builds
+the stage-2 plan, whether it trains); ``decouple_mode`` is validated against it.
 
 τ selection (``decouple_tau`` < 0): on the val split where the dataset has one (and it is not the
 reported split), else the best τ on the reported split, labelled "oracle". The whole sweep (Many /
@@ -54,6 +59,7 @@ from ..study import (Plan, RunContext, SplitLoaders, eval_loader, evaluate_logit
                      train_loader)
 from .decouple_heads import (NCM_METRICS, FrozenBackboneClassifier, NCMHead, centred_l2n, class_means,  # noqa: F401
                              log_prior, ncm_centroids, ncm_logits, posthoc_la_logits, tau_norm_logits)
+from .decouple_modes import MODES, Mode
 
 NOTEBOOK = "decouple.ipynb"
 DEFAULT_TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
@@ -90,7 +96,7 @@ def linear_weights(head: nn.Module, init_run: Path) -> tuple[torch.Tensor, torch
 def load_stage1(cfg: RunConfig) -> tuple[RunDir, dict, RunConfig]:
     """(run directory, results.json, config) of the finished stage-1 run named by ``init_run``."""
     if not cfg.run.init_run:
-        raise ConfigError("method 'decouple' needs init_run: the stage-1 run directory or run id "
+        raise ConfigError(f"method {cfg.run.method!r} needs init_run: the stage-1 run directory or run id "
                           "(e.g. init_run: cifar10_lt-erm-ce_ir100-s{seed})")
     run_dir = resolve_run(cfg.run.init_run, cfg)
     res = require_complete(run_dir)
@@ -132,6 +138,12 @@ def stage1_features(run_dir: RunDir, model: Classifier, data: LTData, split: str
     return cached_features(run_dir.path, f"{data.name}-{split}", description, compute)
 
 
+def stage1_record(stage1_dir: RunDir, res1: dict, model: Classifier) -> dict:
+    """The results.json ``stage1`` entry: which finished run (and weights) this stage started from."""
+    return {"run_dir": str(stage1_dir.path), "run_id": res1.get("run_id"), "config_hash": res1.get("config_hash"),
+            "weights_digest": weights_digest(model), "top1": res1["metrics"]["top1"]}
+
+
 def features_of(stage1_dir: RunDir, model: Classifier, data: LTData, cfg: RunConfig, device: torch.device,
                 splits: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     """:func:`stage1_features` of several splits."""
@@ -142,9 +154,9 @@ def features_of(stage1_dir: RunDir, model: Classifier, data: LTData, cfg: RunCon
 # τ sweeps
 
 
-def tau_grid(cfg: RunConfig) -> list[float]:
-    """The swept τ values (``decouple_tau_grid`` or 0, 0.1, ..., 2.0) plus a fixed ``decouple_tau``."""
-    grid = [float(t) for t in (cfg.decouple.decouple_tau_grid or DEFAULT_TAU_GRID)]
+def tau_grid(cfg: RunConfig, default: tuple[float, ...] = DEFAULT_TAU_GRID) -> list[float]:
+    """The swept τ values (``decouple_tau_grid`` or ``default``: 0, 0.1, ..., 2.0) plus a fixed ``decouple_tau``."""
+    grid = [float(t) for t in (cfg.decouple.decouple_tau_grid or default)]
     if cfg.decouple.decouple_tau >= 0 and cfg.decouple.decouple_tau not in grid:
         grid.append(float(cfg.decouple.decouple_tau))
     return sorted(grid)
@@ -182,14 +194,12 @@ def _splits_to_evaluate(data: LTData, cfg: RunConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# the modes: decouple_mode -> a small class that builds the stage-2 plan
+# the modes: decouple_mode -> a small class that builds the stage-2 plan (registered in decouple_modes.MODES)
 
 
 class Retrain:
     """cRT / LWS: a classifier trained through ``engine.fit`` on the frozen backbone, ``online`` (images,
     augmentation, BN per ``crt_bn_mode``) or on ``cached`` stage-1 features."""
-
-    trained = True
 
     def head(self, model: Classifier, data: LTData) -> nn.Module:
         raise NotImplementedError
@@ -248,7 +258,6 @@ class LWS(Retrain):
 class PostHoc:
     """No training: a head computed from the cached stage-1 features (τ-norm, post-hoc LA, NCM)."""
 
-    trained = False
     needs_train = False  # also the train split's features
 
     def solve(self, ctx: RunContext, model: Classifier, feats: dict, labels: dict,
@@ -291,7 +300,12 @@ class NCM(PostHoc):
 
 
 class TauSweep(PostHoc):
-    """A τ-family of adjusted classifiers: swept over ``tau_grid``, τ chosen by :func:`choose_tau`."""
+    """A τ-family of adjusted classifiers: swept over ``grid(cfg)``, τ chosen by :func:`choose_tau`."""
+
+    knob = "tau"  # the knob's name in the ``selection`` text
+
+    def grid(self, cfg: RunConfig) -> list[float]:
+        return tau_grid(cfg)
 
     def logits_at(self, model: Classifier, feats: dict, data: LTData, evaluated) -> Callable[[float, str], torch.Tensor]:
         raise NotImplementedError
@@ -303,11 +317,11 @@ class TauSweep(PostHoc):
         cfg, data = ctx.cfg, ctx.data
         linear_weights(model.head, Path(stage1_dir.path))  # both adjust (and save) the linear stage-1 classifier
         logits_at = self.logits_at(model, feats, data, list(labels))
-        swept = sweep(logits_at, labels, tau_grid(cfg), data, cfg)
+        swept = sweep(logits_at, labels, self.grid(cfg), data, cfg)
         tau, how = choose_tau(cfg, swept, data)
         head = self.adjusted_head(model, tau, data)
         return head, logits_at(tau, cfg.data.eval_split), {"tau": tau, "tau_selection": how, "tau_sweep": swept,
-                                                            "selection": f"tau = {tau:g} ({how})"}
+                                                            "selection": f"{self.knob} = {tau:g} ({how})"}
 
 
 class TauNorm(TauSweep):
@@ -340,9 +354,19 @@ class PosthocLA(TauSweep):
         return head
 
 
-MODES: dict[str, type] = {"crt": CRT, "lws": LWS, "tau_norm": TauNorm, "posthoc_la": PosthocLA, "ncm": NCM}
-TRAINED_MODES = tuple(k for k, m in MODES.items() if m.trained)
-SWEEP_MODES = tuple(k for k, m in MODES.items() if issubclass(m, TauSweep))
+TRAINED_MODES = tuple(k for k, m in MODES.items() if m.trains)
+
+
+def mode_class(name: str) -> type:
+    """The class of ``decouple_mode`` ``name`` (:data:`MODES`), checked against its entry."""
+    if name not in MODES:
+        raise ConfigError(f"decouple_mode must be one of {sorted(MODES)}, got {name!r}")
+    spec: Mode = MODES[name]
+    cls = spec.load()
+    if issubclass(cls, Retrain) != spec.trains or not issubclass(cls, (Retrain, PostHoc)):
+        raise TypeError(f"decouple mode {name!r}: {spec.impl} must subclass "
+                        f"{'Retrain' if spec.trains else 'PostHoc'} (trains={spec.trains})")
+    return cls
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,19 +376,17 @@ SWEEP_MODES = tuple(k for k, m in MODES.items() if issubclass(m, TauSweep))
 def run(cfg: RunConfig, data: LTData | None = None) -> dict:
     """Stage 2 on the stage-1 run ``init_run``; writes and returns results.json (see the module doc)."""
     name = cfg.decouple.decouple_mode
-    if name not in MODES:
-        raise ConfigError(f"decouple_mode must be one of {sorted(MODES)}, got {name!r}")
-    mode = MODES[name]()
-    if mode.trained:
+    mode = mode_class(name)()
+    if MODES[name].trains:
         epoch_lr_schedule(cfg)  # fail on a warm-up before anything is written
+    if isinstance(mode, TauSweep):
+        mode.grid(cfg)  # likewise on a grid the mode rejects
     stage1_dir, res1, cfg1 = load_stage1(cfg)
 
     def plan(ctx: RunContext) -> Plan:
         model = load_stage1_model(stage1_dir, cfg1, ctx.data)
-        stage1 = {"run_dir": str(stage1_dir.path), "run_id": res1.get("run_id"), "config_hash": res1.get("config_hash"),
-                  "weights_digest": weights_digest(model), "top1": res1["metrics"]["top1"]}
         p = mode.plan(ctx, model, stage1_dir)
-        p.extra = {"decouple_mode": name, "stage1": stage1, **p.extra}
+        p.extra = {"decouple_mode": name, "stage1": stage1_record(stage1_dir, res1, model), **p.extra}
         return p
 
     return run_family(cfg, plan, data=data)

@@ -35,7 +35,8 @@ their "blocks" are the bottlenecks of layer1..layer4.
 
 Tuned ViT blocks are wrapped by :class:`TunedBlock` (``resblocks.<i>.block.*`` holds the original
 weights, the tuners sit beside it); with no tuner it computes exactly what open_clip's
-``ResidualAttentionBlock`` computes.
+``ResidualAttentionBlock`` computes. The tuner modules and TunedBlock: :mod:`ltr_core.models.peft_modules`;
+one function per method adds them (:data:`ltr_core.registries.PEFT_REGISTRY`).
 """
 
 from __future__ import annotations
@@ -44,22 +45,20 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..registries import PEFT_REGISTRY, factory
+from .peft_modules import (DOWN_INITS, LORA_FAN_INS, SSF, SSF_SITES, Bottleneck, LoRA,  # noqa: F401 (re-exported)
+                           PeftError, TunedBlock)
 
 if TYPE_CHECKING:
     from .clip import Clip
 
-PEFT_METHODS = ("adaptformer", "adapter", "lora", "vpt_shallow", "vpt_deep", "bitfit", "ssf", "ln_tuning",
-                "full", "linear_probe")
+PEFT_METHODS = tuple(PEFT_REGISTRY)  # the names; each adds its tuners through its function below (ltr_core.registries)
 ZERO_INIT_METHODS = ("adaptformer", "adapter", "lora", "bitfit", "ln_tuning", "full", "linear_probe")
 RESNET_METHODS = ("full", "linear_probe", "bitfit", "ln_tuning")
 WRAPPING_METHODS = ("adaptformer", "adapter", "lora", "vpt_shallow", "vpt_deep", "ssf")
 OPTIONS = ("bottleneck", "vpt_length", "partial")
-
-
-class PeftError(ValueError):
-    """An unknown PEFT method or option, or a tower the method cannot be applied to."""
 
 
 def default_bottleneck(num_classes: int, num_layers: int) -> int:
@@ -77,175 +76,6 @@ def count_parameters(params) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
-
-
-# ----------------------------------------------------------------------------------------------
-# tuner modules
-
-
-DOWN_INITS = ("normal", "uniform")
-
-
-class Bottleneck(nn.Module):
-    """y = s · Up(ReLU(Down(LN(x)))): AdaptFormer (learnable scalar s, init 1) or Adapter (s = 1 fixed).
-
-    Down d→r with zero bias, Up r→d zero-initialised, so y = 0 at init. Down weight, fan-in d, gain
-    √(2/(1+a²)) = 1/√3 for a = √5:
-    ``normal`` (PEL/LIFT ``kaiming_normal_(a=√5)``, default): N(0, σ²), σ = 1/√(3d);
-    ``uniform`` (AdaptFormer's own code, Chen et al. NeurIPS 2022, ``kaiming_uniform_(a=√5)``): U(±1/√d),
-    the same variance 1/(3d).
-    """
-
-    def __init__(self, dim: int, r: int, *, learnable_scale: bool, down_init: str = "normal", dtype=None,
-                 device=None):
-        super().__init__()
-        if down_init not in DOWN_INITS:
-            raise PeftError(f"down_init must be one of {DOWN_INITS}, got {down_init!r}")
-        kw = {"dtype": dtype, "device": device}
-        self.ln = nn.LayerNorm(dim, **kw)
-        self.down = nn.Linear(dim, r, **kw)
-        self.up = nn.Linear(r, dim, **kw)
-        self.scale = nn.Parameter(torch.ones(1, **kw)) if learnable_scale else None
-        init = nn.init.kaiming_normal_ if down_init == "normal" else nn.init.kaiming_uniform_
-        init(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.up(F.relu(self.down(self.ln(x))))
-        return y * self.scale if self.scale is not None else y
-
-
-LORA_FAN_INS = ("rank", "input")
-
-
-class LoRA(nn.Module):
-    """Δ(x) = (1/r) · B A x with A [r, d_in], B [d_out, r] = 0 (so Δ = 0 at init).
-
-    A ~ U(±1/√fan_in) (Kaiming-uniform, a = √5): ``fan_in="rank"`` (default) fan-in r, bound 1/√r, as
-    PEL/LIFT (``lora_A`` stored as [d_in, r], so ``kaiming_uniform_`` takes its fan-in from r);
-    ``"input"``: fan-in d_in, bound 1/√d_in (loralib / HF peft, A stored [r, d_in]).
-    """
-
-    def __init__(self, d_in: int, d_out: int, r: int, *, fan_in: str = "rank", dtype=None, device=None):
-        super().__init__()
-        if fan_in not in LORA_FAN_INS:
-            raise PeftError(f"LoRA fan_in must be one of {LORA_FAN_INS}, got {fan_in!r}")
-        self.A = nn.Parameter(torch.empty(r, d_in, dtype=dtype, device=device))
-        self.B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=device))
-        bound = 1.0 / math.sqrt(r if fan_in == "rank" else d_in)
-        nn.init.uniform_(self.A, -bound, bound)
-        self.scaling = 1.0 / r
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.A), self.B) * self.scaling
-
-
-class SSF(nn.Module):
-    """y = γ ⊙ x + β (scale and shift over the last dimension), γ ~ N(1, 0.02²), β ~ N(0, 0.02²)."""
-
-    def __init__(self, dim: int, *, dtype=None, device=None):
-        super().__init__()
-        self.scale = nn.Parameter(torch.empty(dim, dtype=dtype, device=device).normal_(1.0, 0.02))
-        self.shift = nn.Parameter(torch.empty(dim, dtype=dtype, device=device).normal_(0.0, 0.02))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-SSF_SITES = ("qkv", "attn_out", "fc1", "fc2", "ln_1", "ln_2")
-
-
-class TunedBlock(nn.Module):
-    """An open_clip ``ResidualAttentionBlock`` with optional tuners (see the module docstring).
-
-    forward (batch-first tokens x [B, N, d]):
-        x ← [x, P] (VPT: append the prompts P, or replace the previous block's prompts)
-        a = Attn(SSF_ln1(LN1(x)))   with LoRA on q and v, SSF after qkv and the output projection
-        x1 = x + a
-        m = MLP(SSF_ln2(LN2(x1)))   with SSF after fc1 and fc2;  Adapter: m ← m + Adapter(m)
-        out = x1 + m (+ AdaptFormer(x1));  the last block drops the prompt tokens
-    """
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        _check_block(block)
-        self.block = block
-        self.adaptformer: Bottleneck | None = None
-        self.adapter: Bottleneck | None = None
-        self.lora_q: LoRA | None = None
-        self.lora_v: LoRA | None = None
-        self.ssf: nn.ModuleDict | None = None
-        self.prompt: nn.Parameter | None = None
-        self.prompt_mode = ""  # "append" (first prompted block) | "replace" (VPT deep, later blocks)
-        self.strip_prompts = 0  # tokens dropped at the end of this block (the last block under VPT)
-
-    def get_weight_dtype(self) -> torch.dtype:
-        return self.block.mlp.c_fc.weight.dtype
-
-    def _ssf(self, site: str, x: torch.Tensor) -> torch.Tensor:
-        return self.ssf[site](x) if self.ssf is not None else x
-
-    def _attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        attn = self.block.attn
-        b, n, d = x.shape
-        heads = attn.num_heads
-        qkv = self._ssf("qkv", F.linear(x, attn.in_proj_weight, attn.in_proj_bias))
-        q, k, v = qkv.chunk(3, dim=-1)
-        if self.lora_q is not None:
-            q = q + self.lora_q(x)
-            v = v + self.lora_v(x)
-        q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
-        if attn_mask is not None:
-            attn_mask = attn_mask.to(q.dtype) if attn_mask.is_floating_point() else ~attn_mask
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=attn.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).reshape(b, n, d)
-        return self._ssf("attn_out", attn.out_proj(o))
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        mlp = self.block.mlp
-        if self.ssf is None:
-            return mlp(x)
-        return self._ssf("fc2", mlp.c_proj(mlp.gelu(self._ssf("fc1", mlp.c_fc(x)))))
-
-    def _with_prompts(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prompt is None:
-            return x
-        p = self.prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        if self.prompt_mode == "replace":
-            x = x[:, :-p.shape[1]]
-        return torch.cat([x, p], dim=1)
-
-    def forward(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if k_x is not None or v_x is not None:
-            raise PeftError("TunedBlock supports self-attention only (the visual tower); got k_x / v_x")
-        b = self.block
-        x = self._with_prompts(q_x)
-        x = x + b.ls_1(self._attention(self._ssf("ln_1", b.ln_1(x)), attn_mask))
-        m = self._mlp(self._ssf("ln_2", b.ln_2(x)))
-        if self.adapter is not None:
-            m = m + self.adapter(m)
-        out = x + b.ls_2(m)
-        if self.adaptformer is not None:
-            out = out + self.adaptformer(x)
-        if self.strip_prompts:
-            out = out[:, :-self.strip_prompts]
-        return out
-
-
-def _check_block(block: nn.Module) -> None:
-    attn = getattr(block, "attn", None)
-    mlp = getattr(block, "mlp", None)
-    ok = (isinstance(attn, nn.MultiheadAttention) and attn.batch_first and attn._qkv_same_embed_dim
-          and mlp is not None and all(hasattr(mlp, n) for n in ("c_fc", "gelu", "c_proj"))
-          and hasattr(block, "ln_1") and hasattr(block, "ln_2") and not hasattr(block, "ln_1_kv"))
-    if not ok:
-        raise PeftError(f"cannot tune a {type(block).__name__}: PEFT modules support open_clip's standard "
-                        f"ResidualAttentionBlock (batch-first nn.MultiheadAttention + c_fc/gelu/c_proj MLP); "
-                        f"use method 'full', 'bitfit', 'ln_tuning' or 'linear_probe' for this tower")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +115,108 @@ def _width_patch(visual: nn.Module) -> tuple[int, int]:
     return width, int(patch[0] * patch[1])
 
 
+# one function per method (:data:`ltr_core.registries.PEFT_REGISTRY`): (visual, blocks, selected, *, bottleneck,
+# vpt_length) -> the indices of the blocks it tuned; the tower is frozen before, the tuners are added in place
+
+
+def _unfreeze(blocks: list[nn.Module], selected: list[int], keep) -> list[int]:
+    """requires_grad on the parameters p (named ``name``, of module ``mod``) of the selected blocks with keep(mod, name)."""
+    for i in selected:
+        for mod in blocks[i].modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if keep(mod, name):
+                    p.requires_grad_(True)
+    return selected
+
+
+def add_full(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``full``: every parameter of the selected blocks."""
+    return _unfreeze(blocks, selected, lambda mod, name: True)
+
+
+def add_bitfit(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``bitfit``: every bias of the selected blocks."""
+    return _unfreeze(blocks, selected, lambda mod, name: name.endswith("bias"))
+
+
+def add_ln_tuning(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``ln_tuning``: the LayerNorms (BatchNorm affine on ResNet towers) of the selected blocks."""
+    return _unfreeze(blocks, selected, lambda mod, name: isinstance(mod, (nn.LayerNorm, nn.BatchNorm2d)))
+
+
+def add_linear_probe(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``linear_probe``: nothing in the tower (only the classifier trains)."""
+    return selected
+
+
+def _tensor_kw(visual: nn.Module) -> dict:
+    ref = visual.class_embedding
+    return {"dtype": ref.dtype, "device": ref.device}
+
+
+def _add_bottlenecks(visual, selected, attr: str, r: int, learnable_scale: bool) -> list[int]:
+    width, _ = _width_patch(visual)
+    kw = _tensor_kw(visual)
+    for i in selected:
+        setattr(_wrap(visual, i), attr, Bottleneck(width, r, learnable_scale=learnable_scale, **kw))
+    return selected
+
+
+def add_adaptformer(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``adaptformer``: a scaled bottleneck parallel to every selected MLP."""
+    return _add_bottlenecks(visual, selected, "adaptformer", bottleneck, learnable_scale=True)
+
+
+def add_adapter(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``adapter``: a bottleneck sequential on every selected MLP output."""
+    return _add_bottlenecks(visual, selected, "adapter", bottleneck, learnable_scale=False)
+
+
+def add_lora(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``lora``: rank-r updates of the query and value projections of the selected blocks."""
+    width, _ = _width_patch(visual)
+    kw = _tensor_kw(visual)
+    for i in selected:
+        tb = _wrap(visual, i)
+        tb.lora_q, tb.lora_v = LoRA(width, width, bottleneck, **kw), LoRA(width, width, bottleneck, **kw)
+    return selected
+
+
+def add_ssf(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``ssf``: scale and shift after qkv, the attention output, fc1, fc2, LN1 and LN2 of the selected blocks."""
+    width, _ = _width_patch(visual)
+    kw = _tensor_kw(visual)
+    for i in selected:
+        tb = _wrap(visual, i)
+        dims = {"qkv": 3 * width, "attn_out": width, "fc1": tb.block.mlp.c_fc.out_features,
+                "fc2": width, "ln_1": width, "ln_2": width}
+        tb.ssf = nn.ModuleDict({s: SSF(dims[s], **kw) for s in SSF_SITES})
+    return selected
+
+
+def _add_prompts(visual, blocks, selected, vpt_length: int) -> list[int]:
+    """VPT: prompts appended at the first selected block, replaced at the later ones, dropped after the last."""
+    width, patch_area = _width_patch(visual)
+    kw = _tensor_kw(visual)
+    bound = math.sqrt(6.0 / (3 * patch_area + width))
+    for pos, i in enumerate(selected):
+        tb = _wrap(visual, i)
+        tb.prompt = nn.Parameter(torch.empty(vpt_length, width, **kw).uniform_(-bound, bound))
+        tb.prompt_mode = "append" if pos == 0 else "replace"
+    _wrap(visual, len(blocks) - 1).strip_prompts = vpt_length
+    return selected
+
+
+def add_vpt_shallow(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``vpt_shallow``: prompt tokens at the first selected block only."""
+    return _add_prompts(visual, blocks, selected[:1], vpt_length)
+
+
+def add_vpt_deep(visual, blocks, selected, *, bottleneck: int, vpt_length: int) -> list[int]:
+    """``vpt_deep``: new prompt tokens at every selected block."""
+    return _add_prompts(visual, blocks, selected, vpt_length)
+
+
 def apply_peft(clip: Clip, method: str, *, num_classes: int, **options) -> list[nn.Parameter]:
     """Freeze ``clip``'s visual tower, add the tuners of ``method`` in place, return the trainable tensors.
 
@@ -313,39 +245,7 @@ def apply_peft(clip: Clip, method: str, *, num_classes: int, **options) -> list[
         raise PeftError(f"vpt_length must be >= 1, got {vpt_length}")
     for p in visual.parameters():
         p.requires_grad_(False)
-
-    if method in ("full", "bitfit", "ln_tuning"):
-        norm_types = (nn.LayerNorm, nn.BatchNorm2d)
-        for i in selected:
-            for mod in blocks[i].modules():
-                for name, p in mod.named_parameters(recurse=False):
-                    if method == "full" or (method == "bitfit" and name.endswith("bias")) or (
-                            method == "ln_tuning" and isinstance(mod, norm_types)):
-                        p.requires_grad_(True)
-    elif method in WRAPPING_METHODS:
-        width, patch_area = _width_patch(visual)
-        ref = visual.class_embedding
-        kw = {"dtype": ref.dtype, "device": ref.device}
-        if method == "vpt_shallow":
-            selected = selected[:1]
-        for pos, i in enumerate(selected):
-            tb = _wrap(visual, i)
-            if method == "adaptformer":
-                tb.adaptformer = Bottleneck(width, r, learnable_scale=True, **kw)
-            elif method == "adapter":
-                tb.adapter = Bottleneck(width, r, learnable_scale=False, **kw)
-            elif method == "lora":
-                tb.lora_q, tb.lora_v = LoRA(width, width, r, **kw), LoRA(width, width, r, **kw)
-            elif method == "ssf":
-                dims = {"qkv": 3 * width, "attn_out": width, "fc1": tb.block.mlp.c_fc.out_features,
-                        "fc2": width, "ln_1": width, "ln_2": width}
-                tb.ssf = nn.ModuleDict({s: SSF(dims[s], **kw) for s in SSF_SITES})
-            else:  # vpt
-                bound = math.sqrt(6.0 / (3 * patch_area + width))
-                tb.prompt = nn.Parameter(torch.empty(vpt_length, width, **kw).uniform_(-bound, bound))
-                tb.prompt_mode = "append" if pos == 0 else "replace"
-        if method.startswith("vpt"):
-            _wrap(visual, len(blocks) - 1).strip_prompts = vpt_length
+    selected = factory(PEFT_REGISTRY, method)(visual, blocks, selected, bottleneck=r, vpt_length=vpt_length)
     visual.ltr_peft = {"method": method, "blocks": selected,
                        "bottleneck": r if method in ("adaptformer", "adapter", "lora") else None,
                        "vpt_length": vpt_length if method.startswith("vpt") else None}

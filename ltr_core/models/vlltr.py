@@ -33,6 +33,8 @@ visual weights; 100 for an unchanged OpenAI CLIP).
 
 cos(f, v_c) is computed without materialising v_c ([B, C, d]): with P_{bcm} = f̂_b · t_{c,m} and the
 anchor Gram matrices G_c = T_c T_cᵀ, f̂·v_c = Σ_m a_{bcm} P_{bcm} and |v_c|² = a_bcᵀ G_c a_bc.
+
+The CVLP losses: :mod:`ltr_core.models.vlltr_losses` (still importable from here).
 """
 
 from __future__ import annotations
@@ -43,68 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vlltr_losses import (classwise_contrastive_loss, classwise_targets, cvlp_loss,  # noqa: F401 (re-exported)
+                           distillation_loss, gather_with_grad, soft_cross_entropy)
+
 MAX_LOGIT_SCALE = 100.0
-
-
-# ----------------------------------------------------------------------------------------------
-# losses
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gather ``x`` over the process group, keeping the gradient of this rank's slice.
-
-    Identity in a single process (the batch is already global); under DDP every rank gets the
-    global batch [world·B, ...] with its own rows still attached to its graph.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE_soft(Z, P) = −(1/B) Σ_i Σ_j P_ij log softmax(Z_i)_j (rows of P sum to 1)."""
-    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-def classwise_targets(labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
-    """M̃ = (1 − ε) M + ε/B with M_ij = 1[y_i = y_j] row-normalised; [B, B] float."""
-    same = (labels[:, None] == labels[None, :]).float()
-    m = same / same.sum(1, keepdim=True)
-    return (1.0 - smoothing) * m + smoothing / labels.numel()
-
-
-def classwise_contrastive_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float,
-                               smoothing: float = 0.1) -> torch.Tensor:
-    """L_cls = ½ [CE_soft(S, M̃) + CE_soft(Sᵀ, M̃)], S = scale · image textᵀ (inputs L2-normalised, gathered)."""
-    s = scale * image.float() @ text.float().t()
-    m = classwise_targets(labels, smoothing)
-    return 0.5 * (soft_cross_entropy(s, m) + soft_cross_entropy(s.t(), m.t()))
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """L_kd = ½ [CE_soft(S, softmax(S⁰)) + CE_soft(Sᵀ, softmax(S⁰ᵀ))] for similarity matrices S, S⁰ [B, B]."""
-    teacher = teacher.float().detach()
-    return 0.5 * (soft_cross_entropy(student, teacher.softmax(-1)) + soft_cross_entropy(student.t(), teacher.t().softmax(-1)))
-
-
-def cvlp_loss(image, text, labels, scale, teacher_image=None, teacher_text=None, teacher_scale=None, *,
-              beta: float = 0.5, smoothing: float = 0.1) -> dict[str, torch.Tensor]:
-    """{"loss": (1 − β) L_cls + β L_kd, "cls": L_cls, "kd": L_kd} on gathered, normalised features.
-
-    Without teacher features (or β = 0) the loss is L_cls alone.
-    """
-    cls = classwise_contrastive_loss(image, text, labels, scale, smoothing)
-    if teacher_image is None or beta == 0:
-        return {"loss": cls, "cls": cls, "kd": torch.zeros_like(cls)}
-    s = scale * image.float() @ text.float().t()
-    s0 = teacher_scale * teacher_image.float() @ teacher_text.float().t()
-    kd = distillation_loss(s, s0)
-    return {"loss": (1.0 - beta) * cls + beta * kd, "cls": cls, "kd": kd}
 
 
 # ----------------------------------------------------------------------------------------------
