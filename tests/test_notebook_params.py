@@ -54,7 +54,7 @@ def test_parameters_cell_is_generated_from_the_config_and_declares_every_key(nam
 def test_help_notebook_documents_the_keys():
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", "notebooks/erm.ipynb"], cwd=REPO,
                          capture_output=True, text=True)
-    assert "epochs: int (default 50)" in out.stdout and "la_tau: float" in out.stdout and "Unable to parse" not in out.stderr
+    assert "epochs: int (default 100)" in out.stdout and "la_tau: float" in out.stdout and "Unable to parse" not in out.stderr
 
 
 def test_unedited_notebook_is_the_run_of_its_base_and_writes_under_the_project(monkeypatch):

@@ -150,7 +150,7 @@ def test_missing_stage1_run_says_which_runs_exist_and_how_to_point_at_one(tmp_pa
         stages.resolve_run(crt.run.init_run, crt)
     msg = str(err.value)
     assert "digits_lt-erm-ce-b75f48-s0" in msg and "same overrides" in msg
-    assert f"exists: {made[0]} (not complete; epochs=50)" in msg and f"exists: {made[1]} (not complete; epochs=5)" in msg
+    assert f"exists: {made[0]} (not complete; epochs=100)" in msg and f"exists: {made[1]} (not complete; epochs=5)" in msg
     assert "--set init_run=digits_lt-erm-ce-s{seed}" in msg and "params/digits_lt/ce.yaml" in msg
 
 

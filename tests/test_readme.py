@@ -69,3 +69,19 @@ def test_every_readme_command_runs_as_written(tmp_path):
     assert len(list(runs.glob("digits_lt-decouple-crt-*-s0/results.json"))) == 1  # cRT found its CE run
     assert (tmp_path / "out.ipynb").is_file() and len(list(runs.glob("digits_lt-erm-la-*-s0/results.json"))) == 1
     assert "21 ok, 0 failed" in by("ltr suite")  # every cRT row found its CE run made with the same overrides
+
+
+def _rows(text: str, first_cell: str) -> list[list[str]]:
+    """The body rows of markdown tables whose rows start with ``first_cell`` (cells stripped of bold)."""
+    return [[c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_readme_quickstart_table_is_what_make_study_wrote():
+    """The README's quickstart numbers are the committed figures/quickstart/summary.md, row for row."""
+    readme = (REPO / "README.md").read_text().split("### Quickstart", 1)[1].split("###", 1)[0]
+    ours = [r for r in _rows(readme, "") if r[0] not in ("Method", ":--")]
+    written = _rows((REPO / "figures" / "quickstart" / "summary.md").read_text(), "digits_lt")
+    assert len(ours) == len(written) > 0
+    for mine, theirs in zip(ours, written):
+        assert mine[1:5] == theirs[3:7] and mine[5].rstrip(" *") == theirs[7] and mine[6:] == theirs[8:], (mine, theirs)
