@@ -92,12 +92,31 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def best_evaluated_top1(run_dir: Path) -> float:
+    """The highest top-1 over the epochs ``metrics.jsonl`` evaluated (NaN without one): selected on the test
+    split, as LDAM-DRW's code reports, so a column for comparison with such numbers, never our result."""
+    best = np.nan
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return best
+    for line in lines:
+        try:
+            top1 = json.loads(line).get("top1")
+        except (ValueError, AttributeError):
+            continue  # a torn last line of a killed run
+        if isinstance(top1, (int, float)) and np.isfinite(top1):
+            best = top1 if np.isnan(best) else max(best, top1)
+    return best
+
+
 def _row(results: Mapping[str, Any], path: Path) -> dict[str, Any]:
     row = {k: results.get(k) for k in BASE_COLUMNS}
     row["name"] = run_name(results)
     row.update({k: results[k] for k in EXTRA_SCALARS if k in results})
     metrics = results.get("metrics")
     row.update(_flatten_metrics(metrics if isinstance(metrics, Mapping) else {}))
+    row["best_eval_top1"] = best_evaluated_top1(path.parent)
     row.update({k: results.get(k) for k in TAIL_COLUMNS})
     row["path"] = str(path.parent)
     return row

@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lt_profile": ("exp", "step"),
     "sampler": tuple(SAMPLER_REGISTRY),
     "head": ("linear", "cosine"),
+    "head_init": ("default", "kaiming_normal"),
     "channels_last": ("auto", "on", "off"),
     "optimizer": tuple(OPTIMIZERS),
     "schedule": tuple(SCHEDULES),

@@ -39,8 +39,8 @@ from .results import atomic_write_bytes, dump_json
 from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
 
 TABLE_METRICS = ("many", "medium", "few", "top1", "ece")
-REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels", "keep_runs")
-KEPT_FILES = ("results.json", "per_class.csv", "config.yaml")  # a run's small outputs (keep_runs)
+REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels", "keep_runs", "notes")
+KEPT_FILES = ("results.json", "per_class.csv", "config.yaml", "metrics.jsonl")  # a run's small outputs (keep_runs)
 MANIFEST = "report.json"
 
 
@@ -157,7 +157,8 @@ def report_options(suite) -> dict[str, Any]:
         raise ValueError(f"{suite.path}: unknown report options {unknown}; valid: {', '.join(REPORT_OPTIONS)}")
     return {"title": opts.get("title", ""), "published": opts.get("published"),
             "metrics": tuple(opts.get("metrics") or TABLE_METRICS), "columns_by": opts.get("columns_by", ""),
-            "row_labels": opts.get("row_labels"), "keep_runs": bool(opts.get("keep_runs", False))}
+            "row_labels": opts.get("row_labels"), "keep_runs": bool(opts.get("keep_runs", False)),
+            "notes": [str(n) for n in opts.get("notes") or []]}
 
 
 def _semantic(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -235,7 +236,7 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
                  runs: Sequence[ExpectedRun] | None = None, title: str = "", published: list[dict] | None = None,
                  many: int = 100, few: int = 20, metrics: tuple[str, ...] = TABLE_METRICS, columns_by: str = "",
                  row_labels: dict[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
-                 keep_runs: bool = False) -> dict:
+                 keep_runs: bool = False, notes: Sequence[str] = ()) -> dict:
     """Write the tables, figures, index.html and report.json of ``runs`` (default: every run folder of
     ``<results_root>/<suite_name>``, archived ones left out); returns {"runs": DataFrame, "summary":
     DataFrame, "files": [...], "files_dir", "collection": :class:`ltr_core.collect.SuiteRuns`, "header"}.
@@ -246,6 +247,7 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     ``keep_runs`` also copies each counted run's small outputs (:data:`KEPT_FILES`) to
     ``<figures_dir>/runs/<suite>/<run id>/``, a results root that rebuilds the report on a fresh clone
     (``ltr report SUITE --results-root <figures_dir>/runs``) when the machine and its results/ are gone.
+    ``notes`` (e.g. why a row misses its published number) are listed under the tables (summary.md, index.html).
     """
     figures_dir, folder = Path(figures_dir), Path(results_root) / suite_name
     found = collect_suite(folder_expected_runs(folder) if runs is None else list(runs), folder, suite_name)
@@ -273,6 +275,9 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
                                    published=published_frame(published), comment=comment))
         html_tables.append(files.pop("html"))
     files["summary.md"] = "\n".join(header) + "\n\n" + files["summary.md"]
+    if notes:
+        files["summary.md"] = files["summary.md"].rstrip("\n") + "\n\nNotes:\n\n" + "".join(f"- {n}\n" for n in notes)
+        html_tables.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if keep_runs:
         files.update(kept_run_files(df, figures_dir, suite_name))
     files.update(_figures(df, found.results, many, few, multilabel="map" in metrics))

@@ -29,7 +29,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "map": "mAP", "map_head": "Head", "map_medium": "Medium", "map_tail": "Tail",
     "map_softmax": "mAP (softmax)",
     "dataset": "Dataset", "method": "Method", "name": "Name", "n_seeds": "Seeds",
-    "no_tte_top1": "All (no TTE)", "pdc": "PDC",
+    "no_tte_top1": "All (no TTE)", "pdc": "PDC", "best_eval_top1": "Best test epoch",
 }
 LOWER_IS_BETTER = frozenset({"ece", "mce", "pdc"})
 DASH = "–"  # printed for an empty group / missing number (never 0)
@@ -116,8 +116,12 @@ def _table_frames(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, published:
             if c not in pub.columns:
                 pub[c] = ""
         # the published row's label goes where our rows show their identity (the last varying column)
+        # (a row naming its own method in ``name`` keeps its source, e.g. the paper, in ``method``)
         source = "method" if "method" in pub.columns else varying[-1]
-        pub[varying[-1]] = pub[source].astype(str) + " (published)"
+        label = pub[source].astype(str)
+        if varying[-1] == "name" and "name" in pub.columns:
+            label = pub["name"].fillna("").astype(str).where(pub["name"].fillna("").astype(str) != "", label)
+        pub[varying[-1]] = label + " (published)"
         pub_vals = pd.DataFrame({c: pub[c] for c in labels}
                                 | {m: pd.to_numeric(pub[m], errors="coerce") if m in pub.columns
                                    else np.nan for m in metrics})

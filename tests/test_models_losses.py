@@ -56,6 +56,22 @@ def test_build_model_classifier():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+def test_head_init_kaiming_normal_is_the_ldam_code_fc_init():
+    """LDAM-DRW's CIFAR ResNet applies kaiming_normal_ to its fc layer too: weight ~ N(0, 2/d), d = 64; the
+    default keeps nn.Linear's U(-1/sqrt(d), 1/sqrt(d)) (std 1/sqrt(3d)). Wide head so the std is measurable."""
+    stds = {}
+    for init in ("default", "kaiming_normal"):
+        torch.manual_seed(0)
+        model = build_model(from_params({"model": "resnet32", "head_init": init}).model, 4000, image_size=32)
+        w = model.head.weight.detach()
+        stds[init] = (w.std().item(), w.abs().max().item())
+    assert stds["kaiming_normal"][0] == pytest.approx((2 / 64) ** 0.5, rel=0.02)
+    assert stds["default"][0] == pytest.approx((1 / (3 * 64)) ** 0.5, rel=0.02) and stds["default"][1] <= 1 / 8
+    with pytest.raises(ModelError, match="linear head"):
+        build_model(from_params({"model": "resnet32", "head": "cosine", "head_init": "kaiming_normal"}).model, 10,
+                    image_size=32)
+
+
 def test_cross_entropy_matches_formula():
     torch.manual_seed(0)
     z, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])

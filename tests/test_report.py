@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -335,3 +336,24 @@ def test_keep_runs_copies_small_outputs_and_the_report_rebuilds_from_them(tmp_pa
     assert sorted(again["runs"]["run_id"]) == sorted(r.run_id for r in expected)
     report.build_suite_report(suite, kept, tmp_path / "figs")  # rebuilding in place copies nothing onto itself
     assert (kept / "rep" / expected[0].run_id / "results.json").is_file()
+
+
+def test_notes_are_listed_under_the_tables(tmp_path):
+    """report.notes (why a row misses its published number): a list under the table in summary.md and
+    index.html (escaped)."""
+    root = tmp_path / "results"
+    block = 'report:\n  notes: ["CE misses by 4.3: JPEG q75 <4:2:0> & one seed"]\n'
+    suite, _ = write_runs(make_suite(tmp_path, report_block=block), root)
+    report.build_suite_report(suite, root, tmp_path / "figs")
+    md = (tmp_path / "figs" / "summary.md").read_text()
+    assert md.rstrip().endswith("Notes:\n\n- CE misses by 4.3: JPEG q75 <4:2:0> & one seed")
+    assert "<li>CE misses by 4.3: JPEG q75 &lt;4:2:0&gt; &amp; one seed</li>" in (tmp_path / "figs" / "index.html").read_text()
+
+
+def test_best_evaluated_top1_reads_metrics_jsonl_and_survives_a_torn_line(tmp_path):
+    from ltr_core.collect import best_evaluated_top1
+
+    assert np.isnan(best_evaluated_top1(tmp_path))  # no metrics.jsonl
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0}\n{"epoch": 9, "top1": 41.7}\n'
+                                            '{"epoch": 19, "top1": 48.66}\n{"epoch": 29, "top1": 45.0}\n{"epoch": 3')
+    assert best_evaluated_top1(tmp_path) == 48.66

@@ -90,9 +90,14 @@ def is_cnn(model: nn.Module) -> bool:
 
 
 def build_model(model_cfg, num_classes: int, *, image_size: int, in_chans: int = 3) -> Classifier:
-    """Backbone from ``model_cfg.model`` + head from ``model_cfg.head``."""
+    """Backbone from ``model_cfg.model`` + head from ``model_cfg.head``; ``head_init: kaiming_normal`` draws the
+    linear head's weight from N(0, 2/d) as LDAM-DRW's CIFAR ResNet code does (its init covers the fc layer)."""
     backbone = build_backbone(model_cfg.model, pretrained=model_cfg.pretrained, image_size=image_size, in_chans=in_chans)
     head = build_head(model_cfg.head, backbone.num_features, num_classes, cosine_scale=model_cfg.cosine_scale)
+    if getattr(model_cfg, "head_init", "default") == "kaiming_normal":
+        if not isinstance(head, LinearHead):
+            raise ModelError(f"head_init: kaiming_normal applies to the linear head, not {model_cfg.head!r}")
+        nn.init.kaiming_normal_(head.weight)
     return Classifier(backbone, head, model_cfg.drop_rate)
 
 
