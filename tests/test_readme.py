@@ -85,3 +85,12 @@ def test_readme_quickstart_table_is_what_make_study_wrote():
     assert len(ours) == len(written) > 0
     for mine, theirs in zip(ours, written):
         assert mine[1:5] == theirs[3:7] and mine[5].rstrip(" *") == theirs[7] and mine[6:] == theirs[8:], (mine, theirs)
+
+
+def test_readme_cifar10_lt_ir100_table_is_the_committed_report():
+    """The README's 200-epoch CIFAR-10-LT rows are figures/cifar10_lt_ir100/summary.md's, row for row."""
+    readme = (REPO / "README.md").read_text().split("### CIFAR-10-LT IR 100 at the published recipe", 1)[1]
+    ours = [r for r in _rows(readme.split("###", 1)[0], "") if r[0] not in ("Method",) and not r[0].startswith("*")]
+    summary = (REPO / "figures" / "cifar10_lt_ir100" / "summary.md").read_text()
+    written = _rows(summary, "erm") + _rows(summary, "decouple")
+    assert sorted(r[1:6] for r in written) == sorted(r[:5] for r in ours) and ours
