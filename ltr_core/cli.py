@@ -73,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local executor: runs at once on this machine (stage-2 runs wait for their stage 1); "
                         "each gets cores // workers threads and, with GPUs, one GPU round-robin "
                         "(CUDA_VISIBLE_DEVICES; more workers than GPUs share them)")
-    p.add_argument("--pack", action="store_true",
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
                    help="train runs that differ only in seed / loss settings / head / sampler (ResNet-32 ERM) as one "
                         "grouped network each, in this process, before the others (the same numbers as alone on "
-                        "the CPU; pays off where one small model leaves the device idle, e.g. a GPU)")
+                        "the CPU; pays off where one small model leaves the device idle, e.g. a GPU). Default: on "
+                        "with --no-notebook on a CUDA machine, else off; a killed packed group restarts from scratch")
     p.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
                    help="local: one run after another here (default); slurm: one submitit job per run (job arrays); "
                         "submitit-local: the same jobs as local processes")

@@ -318,11 +318,12 @@ def _run_packed(jobs: list[tuple[str, dict[str, Any]]]) -> tuple[list[RunOutcome
 
 
 def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *, report: bool = True,
-              use_notebook: bool = True, workers: int = 1, pack: bool = False) -> list[RunOutcome]:
+              use_notebook: bool = True, workers: int = 1, pack: bool | None = None) -> list[RunOutcome]:
     """Profiles, every run x seed (skipping complete ones), then the report notebook.
 
     ``pack`` first trains the runs that differ only in seed, loss settings, head or sampler (ResNet-32 ERM)
-    as one packed network each, in this process (``ltr suite --pack``, ltr_core.packing).
+    as one packed network each, in this process (ltr_core.packing); None: only where it pays, in-process runs on
+    a CUDA machine (a 2-core CPU measured 0.93x, figures/perf/packing.md).
 
     ``workers`` > 1 runs independent runs concurrently on this machine (stage-2 runs after the runs
     they start from); the default runs them one after another in the suite's order.
@@ -331,6 +332,8 @@ def run_suite(suite_path: str | Path, overrides: dict[str, Any] | None = None, *
     jobs = expand_runs(suite, overrides)
     profiles = [(params_path, {**(overrides or {}), "suite": suite.name}) for params_path in suite.profiles]
     outcomes = []
+    if pack is None:
+        pack = not use_notebook and bool(visible_gpus())
     if pack:
         outcomes, jobs = _run_packed(jobs)
     if workers > 1:

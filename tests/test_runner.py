@@ -225,3 +225,16 @@ def test_workers_get_gpus_round_robin(monkeypatch):
     assert runner.visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert runner.visible_gpus() == []
+
+
+def test_pack_is_automatic_only_in_process_on_a_cuda_machine(monkeypatch):
+    """pack=None: packs in-process runs where GPUs are visible; notebook runs and CPU-only machines run alone."""
+    calls = []
+    monkeypatch.setattr(runner, "_run_packed", lambda jobs: (calls.append(len(jobs)), ([], []))[1])
+    monkeypatch.setattr(runner, "run_params", lambda *a, **k: runner.RunOutcome("x", Path("."), "skipped"))
+    monkeypatch.setattr(runner, "run_profile", lambda *a, **k: runner.RunOutcome("p", Path("."), "skipped"))
+    for gpus, use_notebook, packed in ((["0"], False, True), ([], False, False), (["0"], True, False)):
+        calls.clear()
+        monkeypatch.setattr(runner, "visible_gpus", lambda g=gpus: g)
+        runner.run_suite("params/smoke/suite_stage2.yaml", {}, report=False, use_notebook=use_notebook)
+        assert bool(calls) == packed, (gpus, use_notebook)
