@@ -15,7 +15,7 @@ Params files may name a ``base`` file (or a list of them) that is loaded first a
 (later keys win), which gives LIFT-style layering without nested dicts.
 
 Module layout: the section dataclasses are in :mod:`ltr_core.config_sections` (core) and
-:mod:`ltr_core.config_families` (method families), the validation tables and checks (``CHOICES``, ``RANGES``,
+``ltr_core/methods/<family>_config.py`` (each family beside its method; gathered in :mod:`ltr_core.config_families`), the validation tables and checks (``CHOICES``, ``RANGES``,
 type coercion) in :mod:`ltr_core.config_checks`; every name is importable from here.
 """
 

@@ -2,7 +2,8 @@
 
 Every key is a typed field with its default and a help comment (``name: type = default  # help``); the
 comment is the help text of the generated parameters cells and ``papermill --help-notebook``. The core keys
-enter every method's config hash. Method-family sections: :mod:`ltr_core.config_families`.
+enter every method's config hash. Method-family sections: ``ltr_core/methods/<family>_config.py``, gathered in
+:mod:`ltr_core.config_families`.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def declared_keys(notebook: str) -> list[str]:
 
 def field_comments() -> dict[str, str]:
     """The trailing comment of every config field (its help text), read from the source of the modules that
-    define the config sections (ltr_core/config_sections.py, ltr_core/config_families.py)."""
+    define the config sections (ltr_core/config_sections.py, ltr_core/methods/*_config.py)."""
     out: dict[str, str] = {}
     for path in sorted({inspect.getsourcefile(cls) for cls in config.SECTIONS.values()}):
         source = Path(path).read_text()

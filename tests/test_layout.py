@@ -88,3 +88,22 @@ def test_library_imports_no_app_module():
             if app:
                 bad[str(path.relative_to(REPO))] = app
     assert not bad, f"ltr_core/data and ltr_core/models must not import app modules: {bad}"
+
+
+def test_each_family_section_lives_beside_its_method():
+    """Issue 16 §2: a family's config section is ltr_core/methods/<family>_config.py, torch-free, for methods
+    that exist; only the execution-only DistSection stays in config_families.py."""
+    import inspect
+
+    from ltr_core.methods import METHODS
+
+    for family, section in config.FAMILY_SECTIONS.items():
+        path = Path(inspect.getsourcefile(section))
+        if family == "dist":
+            assert path.name == "config_families.py"
+            continue
+        assert path == PKG / "methods" / f"{family}_config.py", (family, path)
+        assert section.METHODS and set(section.METHODS) <= set(METHODS), family
+        imports = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in imports for a in n.names} | {n.module or "" for n in imports if isinstance(n, ast.ImportFrom)}
+        assert not {n for n in names if n.split(".")[0] == "torch"}, path
