@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,9 +51,20 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join([head, sep, *body])
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line(rows: list[dict]) -> str:
     dev = rows[0]["device"] if rows else "?"
-    return (f"{dev}; {platform.processor() or platform.machine()}; torch {torch.__version__}; "
+    return (f"{dev}; {cpu_model()}; torch {torch.__version__}; "
             f"python {platform.python_version()}; {datetime.date.today().isoformat()}")
 
 

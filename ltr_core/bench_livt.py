@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from . import engine
-from .bench_common import _device_label, markdown_table, bound_tflops, machine_line, note_lines
+from .bench_common import _device_label, cpu_model, markdown_table, bound_tflops, machine_line, note_lines
 
 def cpu_matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     """Measured fp32 matmul GFLOP per CPU-second of this process (2·n³ FLOPs per n×n product): the CPU's
@@ -24,17 +23,6 @@ def cpu_matmul_gflops(n: int = 1024, reps: int = 10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n ** 3 * reps / (time.process_time() - t0) / 1e9
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_livt(params: str | Path, *, steps: int = 20, warmup: int = 3, device: str = "auto",

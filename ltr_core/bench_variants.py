@@ -12,8 +12,6 @@ ratio to the first variant (the fp32 eager reference) is what a run would gain. 
 from __future__ import annotations
 
 import copy
-import datetime
-import platform
 from pathlib import Path
 
 import torch
@@ -119,7 +117,7 @@ def write_variant_outputs(rows: list[dict], out_dir: str | Path, command: str = 
     native = rows[0]["native_bf16"]
     md = [f"# ltr bench --variants: {rows[0]['model']}, batch {rows[0]['batch_size']}", "",
           f"Machine: {machine_line(rows)}; CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16 {'yes' if native else 'no'}; {platform.machine()}; {datetime.date.today().isoformat()}", "",
+          f"native bf16 {'yes' if native else 'no'}", "",
           format_variant_rows(rows), "",
           "Each variant trains its own copy of one initialisation with the engine's training epoch over the "
           "row's input path; the variants are timed in alternation after a timed warm-up (compile included), "
