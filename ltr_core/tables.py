@@ -120,7 +120,8 @@ def _table_frames(summary_df: pd.DataFrame, numeric_df: pd.DataFrame, published:
         source = "method" if "method" in pub.columns else varying[-1]
         label = pub[source].astype(str)
         if varying[-1] == "name" and "name" in pub.columns:
-            label = pub["name"].fillna("").astype(str).where(pub["name"].fillna("").astype(str) != "", label)
+            named = pub["name"].fillna("").astype(str)
+            label = named.where(named != "", label)
         pub[varying[-1]] = label + " (published)"
         pub_vals = pd.DataFrame({c: pub[c] for c in labels}
                                 | {m: pd.to_numeric(pub[m], errors="coerce") if m in pub.columns
