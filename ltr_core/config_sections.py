@@ -63,7 +63,7 @@ class ModelSection:
     pretrained: str = ""  # timm pretrained tag or a local weights file; empty: random init
     head: str = "linear"  # linear | cosine
     cosine_scale: float = 16.0  # logit scale s of the cosine head: z = s * cos(f, w)
-    head_init: str = "default"  # linear head weight init: default (PyTorch nn.Linear, U(±1/√d)) | kaiming_normal (LDAM-DRW's CIFAR ResNet code, std √(2/d))
+    head_init: str = "default"  # head weight init: default (linear: nn.Linear's U(±1/√d); cosine: U(-1, 1)) | kaiming_normal (linear; LDAM-DRW's CIFAR ResNet code, std √(2/d)) | unit_norm (cosine; LDAM-DRW's NormedLinear, ‖w_c‖ = 1)
     drop_rate: float = 0.0  # dropout before the head
     channels_last: str = "auto"  # auto (CNNs on CUDA) | on | off
 

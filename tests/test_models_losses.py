@@ -72,6 +72,29 @@ def test_head_init_kaiming_normal_is_the_ldam_code_fc_init():
                     image_size=32)
 
 
+def test_head_init_unit_norm_is_ldam_normed_linear():
+    """LDAM-DRW's NormedLinear draws U(-1, 1) and renorms every class vector to norm 1; the default cosine head
+    keeps U(-1, 1) (norm ~ sqrt(d/3) = 4.6 at d = 64). Same draw, so the same logits at init; the weight
+    gradient scales with 1/|w_c|, so it is |w_c| times larger per class at the unit-norm init."""
+    heads, grads = {}, {}
+    x = torch.randn(8, 3, 32, 32)
+    for init in ("default", "unit_norm"):
+        torch.manual_seed(0)
+        model = build_model(from_params({"model": "resnet32", "head": "cosine", "cosine_scale": 1.0,
+                                         "head_init": init}).model, 10, image_size=32)
+        model.eval()
+        z = model(x)
+        (30 * z).logsumexp(1).sum().backward()
+        heads[init], grads[init] = (model.head.weight.detach().clone(), z.detach()), model.head.weight.grad.norm(dim=1)
+    norms = heads["default"][0].norm(dim=1)
+    assert torch.allclose(heads["unit_norm"][0].norm(dim=1), torch.ones(10), atol=1e-6)
+    assert norms.mean().item() == pytest.approx((64 / 3) ** 0.5, rel=0.1)
+    assert torch.allclose(heads["unit_norm"][1], heads["default"][1], atol=1e-5)
+    assert torch.allclose(grads["unit_norm"], grads["default"] * norms, rtol=1e-4)
+    with pytest.raises(ModelError, match="cosine head"):
+        build_model(from_params({"model": "resnet32", "head_init": "unit_norm"}).model, 10, image_size=32)
+
+
 def test_cross_entropy_matches_formula():
     torch.manual_seed(0)
     z, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])

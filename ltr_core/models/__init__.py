@@ -91,13 +91,23 @@ def is_cnn(model: nn.Module) -> bool:
 
 def build_model(model_cfg, num_classes: int, *, image_size: int, in_chans: int = 3) -> Classifier:
     """Backbone from ``model_cfg.model`` + head from ``model_cfg.head``; ``head_init: kaiming_normal`` draws the
-    linear head's weight from N(0, 2/d) as LDAM-DRW's CIFAR ResNet code does (its init covers the fc layer)."""
+    linear head's weight from N(0, 2/d) as LDAM-DRW's CIFAR ResNet code does (its init covers the fc layer);
+    ``head_init: unit_norm`` starts the cosine head's class vectors at ‖w_c‖ = 1, as LDAM-DRW's NormedLinear
+    (U(-1, 1) renormed; the default U(-1, 1) gives ‖w_c‖ ≈ √(d/3), 4.6 at d = 64). The cosine's gradient
+    in w_c scales with 1/‖w_c‖, so the class vectors' angular step scales with 1/‖w_c‖²: about 21x smaller
+    at the default init under the same lr, and weight decay shrinks ‖w_c‖ only slowly (×0.7 over 200 epochs)."""
     backbone = build_backbone(model_cfg.model, pretrained=model_cfg.pretrained, image_size=image_size, in_chans=in_chans)
     head = build_head(model_cfg.head, backbone.num_features, num_classes, cosine_scale=model_cfg.cosine_scale)
-    if getattr(model_cfg, "head_init", "default") == "kaiming_normal":
+    init = getattr(model_cfg, "head_init", "default")
+    if init == "kaiming_normal":
         if not isinstance(head, LinearHead):
             raise ModelError(f"head_init: kaiming_normal applies to the linear head, not {model_cfg.head!r}")
         nn.init.kaiming_normal_(head.weight)
+    elif init == "unit_norm":
+        if not isinstance(head, CosineHead):
+            raise ModelError(f"head_init: unit_norm applies to the cosine head, not {model_cfg.head!r}")
+        with torch.no_grad():  # LDAM-DRW's NormedLinear: U(-1, 1), then every class vector rescaled to norm 1
+            head.weight.div_(head.weight.norm(dim=1, keepdim=True))
     return Classifier(backbone, head, model_cfg.drop_rate)
 
 
