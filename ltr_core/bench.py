@@ -7,7 +7,7 @@ For each row (a model at an input size and batch), on the same device, batch and
 * **full step**: the engine's real ``train_one_epoch`` fed by our input path: for ``resnet32`` the
   small-image path (uint8 on the device, pad-crop + flip + normalise there); for 224-px models the
   large-image fast path (:class:`~ltr_core.data.uint8_cache.CachedImageLoader`: uint8 images cached at
-  int(S/0.875), RandomResizedCrop + flip + normalise on the device) — with the per-step lr schedule
+  shorter side int(S/0.875), per-image RandomResizedCrop + flip, normalise on the device) — with the per-step lr schedule
   and the loss accumulated on the device;
 * **timm peer**: timm's own training step on the same architecture and batch, built only from timm's
   public utilities (``timm.create_model``, ``timm.optim.create_optimizer_v2`` with its defaults, no

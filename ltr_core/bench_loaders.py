@@ -73,15 +73,15 @@ def bench_loaders(n_images: int = 512, *, image_size: int = 224, batch_size: int
         t0 = time.perf_counter()
         images = load_or_build(paths, labels, size=side, cache_dir=root / "cache", name="bench", num_workers=workers)
         row("uint8 cache build (once)", "build", n_images / (time.perf_counter() - t0),
-            f"{workers} threads, decode + Resize({side}) + CenterCrop({side}), written as .npy")
+            f"{workers} threads, decode + Resize({side}) (aspect kept, longer side <= {2 * side}), written as .npy")
         for phase, train in (("train", True), ("eval", False)):
             sampler = build_sampler("instance", torch.as_tensor(labels), seed=0) if train else None
             loader = CachedImageLoader(images, labels, batch_size=batch_size, device=dev, train=train, sampler=sampler,
                                        mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size)
             row("uint8 cache + device augmentation (file_backend=uint8_cache)", phase,
                 loader_images_per_second(loader, n_batches),
-                f"memory-mapped cache, {'RandomResizedCrop + flip' if train else 'centre crop'} + normalise "
-                f"on {dev.type}")
+                f"memory-mapped cache, {'RandomResizedCrop of the whole image + flip' if train else 'centre crop'} "
+                f"+ normalise on {dev.type}")
         return rows
     finally:
         if tmp is not None:

@@ -48,7 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tailclip_sampler": tuple(ML_SAMPLER_REGISTRY),
     "tailclip_peft": ("", *PEFT_REGISTRY),
     "augment_mode": ("crop_pad", "rrc"),
-    "file_backend": ("pil", "uint8_cache", "torchcodec"),
+    "file_backend": ("pil", "uint8_cache", "auto", "torchcodec"),
     "dist_backend": ("auto", "nccl", "gloo"),
     "pel_peft": tuple(PEFT_REGISTRY),
     "pel_init": ("text", "random"),

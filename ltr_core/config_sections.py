@@ -53,8 +53,8 @@ class DataSection:
     split_from_ir: float = 0.0  # shot groups from the counts of the same profile at this IR (PEL CIFAR-100-LT: 100 for every IR); 0: the run's own counts
     open_classes: tuple[int, ...] = ()  # *_open datasets: held-out classes (their test images = open set, label -1); empty: dataset default (8, 9)
     open_theta: float = 0.1  # open set: reject (predict -1) when max softmax < open_theta (OLTR 0.1; never rejects when C <= 10)
-    file_backend: str = "pil"  # file splits (ImageNet-LT, Places-LT, iNat): pil (PIL workers, faithful) | uint8_cache (decode once to a pre-resized uint8 cache, RandomResizedCrop/flip on the device; a labelled speed variant) | torchcodec (batched JPEG decode on the GPU; falls back to pil)
-    cache_size: int = 0  # uint8_cache: side S of the cached square (shorter side -> S, centre crop S x S); 0: int(image_size / 0.875) = 256 at 224
+    file_backend: str = "pil"  # file splits (ImageNet-LT, Places-LT, iNat): pil (PIL workers, faithful) | uint8_cache (decode once at Resize(S), aspect kept; eval pixels identical, RandomResizedCrop/flip on the device from the S-px image) | auto (uint8_cache where it fits on disk, else pil; the large-image recipes' value) | torchcodec (batched JPEG decode on the GPU; falls back to pil)
+    cache_size: int = 0  # uint8_cache: shorter side S of the cached images (aspect kept, longer side <= 2S); 0: int(image_size / 0.875) = 256 at 224
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ read:
 
 * ``data``: per split, sha256 over the labels (and multi-hot targets) plus the decoded pixels
   (in-memory splits: CIFAR, digits, mosaics) or the file manifest (relative path, byte size) of
-  file splits (ImageNet-LT, Places-LT, iNat, VOC/COCO-MLT), and the sha256 of every split/class list
-  file the builder recorded in its provenance;
+  file splits (ImageNet-LT, Places-LT, iNat, VOC/COCO-MLT), the sha256 of every split/class list
+  file the builder recorded in its provenance, and, for file splits not read by the PIL path, how
+  they are read (``input_path``: backend, cache rule and size; ``file_backend: auto`` resolves per
+  machine, so its choice is recorded here);
 * ``init_run``: the stage-1 run a later stage starts from, by its config hash and the sha256 of its
   weights file;
 * ``extra``: anything a family reads besides (e.g. VL-LTR's class-text files).
@@ -94,8 +96,21 @@ def data_identity(data) -> dict[str, Any]:
             splits[name] = {"n": int(split.n), "digest": split_digest(split)}
     out = {"dataset": data.name, "num_classes": data.num_classes, "splits": splits,
            "files": _listed_files(data.provenance or {})}
+    path = _input_path(data)
+    if path is not None:  # absent for the PIL path and in-memory data: their digests are unchanged
+        out["input_path"] = path
     out["digest"] = digest_of(out)
     return out
+
+
+def _input_path(data) -> dict | None:
+    """How the file splits are read when it is not the PIL path (:func:`ltr_core.data.uint8_cache.input_path_record`)."""
+    splits = [getattr(data, n, None) for n in SPLITS]
+    if not any(s is not None and s.images is None and s.paths is not None for s in splits):
+        return None
+    from .data.uint8_cache import input_path_record
+
+    return input_path_record(getattr(data, "input_options", None) or {})
 
 
 def init_run_identity(run_dir) -> dict[str, Any]:
@@ -134,6 +149,9 @@ def describe_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> st
             what.append(f"the {split} split ({(a or {}).get('n')} -> {(b or {}).get('n')} samples, content differs)")
     if old_data.get("files") != new_data.get("files"):
         what.append("the split/class list files")
+    if old_data.get("input_path") != new_data.get("input_path"):
+        what.append(f"how the image files are read ({(old_data.get('input_path') or {}).get('file_backend', 'pil')} -> "
+                    f"{(new_data.get('input_path') or {}).get('file_backend', 'pil')})")
     if old.get("init_run") != new.get("init_run"):
         a, b = old.get("init_run") or {}, new.get("init_run") or {}
         what.append(f"the stage-1 run {b.get('run')} (config {a.get('config_hash')} -> {b.get('config_hash')}, "

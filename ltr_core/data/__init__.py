@@ -58,4 +58,8 @@ def build_data(cfg) -> LTData:
                         f"({', '.join(DEFAULT_OPEN_CLASSES)}), not to {cfg.dataset!r}; use one of them or drop open_classes")
     data = DATASETS[cfg.dataset](cfg, resolve_data_root(cfg))
     data.input_options = {k: getattr(cfg, k) for k in ("file_backend", "cache_size", "cache_dir") if hasattr(cfg, k)}
+    if data.input_options.get("file_backend") == "auto":
+        from .uint8_cache import resolve_file_backend
+
+        resolve_file_backend(data)  # once per run, recorded in its inputs (identity.data_identity)
     return data

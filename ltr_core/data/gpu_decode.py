@@ -20,15 +20,14 @@ tests run this loader with a CPU decode function (``decode_fn``), not nvJPEG its
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .crops import resize_center_crop, rrc_flip
 from .samplers import EpochSampler
 
 DecodeFn = Callable[[list, torch.device], list]
@@ -88,35 +87,6 @@ def _collate_raw(batch):
     return list(datas), torch.tensor(labels, dtype=torch.int64), list(seeds)
 
 
-def rrc_box(height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0),
-            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a RandomResizedCrop box (torchvision's sampling rule, see module doc)."""
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
-        aspect = math.exp(log_lo + (log_hi - log_lo) * torch.rand(1, generator=gen).item())
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=gen).item())
-            left = int(torch.randint(0, width - w + 1, (1,), generator=gen).item())
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    x = img.unsqueeze(0).float()
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                         antialias=size[0] < img.shape[-2] or size[1] < img.shape[-1])[0]
-
-
 class GPUDecodeLoader:
     """File bytes from workers -> one batched decode on ``device`` -> crop/resize/flip/normalise there."""
 
@@ -146,17 +116,8 @@ class GPUDecodeLoader:
     def _one(self, img: torch.Tensor, seed: int) -> torch.Tensor:
         s = self.image_size
         if self.train and self.augment:
-            gen = torch.Generator().manual_seed(seed)
-            top, left, h, w = rrc_box(img.shape[-2], img.shape[-1], gen, self.rrc_scale)
-            out = _resize(img[:, top:top + h, left:left + w], (s, s))
-            return out.flip(-1) if torch.rand(1, generator=gen).item() < 0.5 else out
-        r = int(s / 0.875)
-        hh, ww = img.shape[-2:]
-        short = min(hh, ww)
-        size = (r, int(r * ww / hh)) if hh == short else (int(r * hh / ww), r)  # torchvision Resize(int) rule
-        out = _resize(img, size)
-        top, left = int(round((size[0] - s) / 2.0)), int(round((size[1] - s) / 2.0))
-        return out[:, top:top + s, left:left + s]
+            return rrc_flip(img, s, torch.Generator().manual_seed(seed), self.rrc_scale)
+        return resize_center_crop(img, int(s / 0.875), s)
 
     def __iter__(self):
         for datas, y, seeds in self.loader:

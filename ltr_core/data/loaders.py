@@ -85,6 +85,7 @@ def make_loader(data: LTData, split: str, *, train: bool, batch_size: int, devic
     back into the full split in order. ``shard=False`` gives every rank the whole split.
     ``file_backend`` (file splits; default: ``data.input_options`` from the config, else ``pil``):
     ``pil`` (PIL workers, the faithful path) | ``uint8_cache`` (:mod:`ltr_core.data.uint8_cache`) |
+    ``auto`` (the cache where it fits on disk, else ``pil``: :func:`~ltr_core.data.uint8_cache.resolve_file_backend`) |
     ``torchcodec`` (:mod:`ltr_core.data.gpu_decode`, falls back to ``pil`` without CUDA/torchcodec).
     """
     part = data.split(split)
@@ -107,6 +108,11 @@ def make_loader(data: LTData, split: str, *, train: bool, batch_size: int, devic
         raise DataError(f"split {split!r} of {data.name} holds neither images nor paths; rebuild it with build_data")
     options = getattr(data, "input_options", None) or {}
     backend = file_backend or options.get("file_backend", "pil")
+    if backend == "auto":  # data built without build_data (which resolves it once)
+        from .uint8_cache import resolve_file_backend
+
+        data.input_options = options
+        backend = resolve_file_backend(data)
     if backend == "uint8_cache":
         return _mark_shard(_cached_loader(data, split, options, train=train, augment=augment, batch_size=batch_size,
                                           device=device, sampler=epoch_sampler, seed=aug_seed, drop_last=drop_last,
@@ -118,7 +124,7 @@ def make_loader(data: LTData, split: str, *, train: bool, batch_size: int, devic
         if gpu is not None:
             return _mark_shard(gpu, rank, world)
     elif backend != "pil":
-        raise DataError(f"unknown file_backend {backend!r}; use pil, uint8_cache or torchcodec")
+        raise DataError(f"unknown file_backend {backend!r}; use pil, uint8_cache, auto or torchcodec")
     if train and augment:  # rrc_scale_min also sets the file path's RandomResizedCrop scale (default 0.08)
         transform = train_transform(data.image_size, data.mean, data.std, scale=(rrc_scale_min, 1.0))
     else:
@@ -138,11 +144,11 @@ def _mark_shard(loader, rank: int, world: int):
 def _cached_loader(data: LTData, split: str, options: dict, *, train: bool, augment: bool, batch_size: int, device,
                    sampler, seed: int, drop_last: bool, rrc_scale_min: float):
     """The uint8-cache loader of a file split (cache built once, by rank 0 under DDP)."""
-    from .uint8_cache import CachedImageLoader, default_cache_size, load_or_build
+    from .uint8_cache import CachedImageLoader, default_cache_size, load_or_build, split_sha_of
 
     part = data.split(split)
     size = int(options.get("cache_size") or 0) or default_cache_size(data.image_size)
-    split_sha = ((data.provenance or {}).get("split_files") or {}).get(split, {}).get("sha256")
+    split_sha = split_sha_of(data, split)
     build = dict(size=size, cache_dir=options.get("cache_dir") or "data/cache", name=f"{data.name}-{split}",
                  split_sha=split_sha, interpolation=options.get("interpolation") or "bilinear")
     if _dist.is_distributed() and not _dist.is_main():

@@ -55,6 +55,10 @@ def clip_loader(cfg: RunConfig, data: LTData, split: str, *, train: bool, device
     if part.images is not None or cfg.clip.clip_interpolation == "bilinear":
         return make_loader(data, split, device=device, **loader_kwargs(cfg, train=train))
     interp = cfg.clip.clip_interpolation
+    backend = (getattr(data, "input_options", None) or {}).get("file_backend", "pil")
+    if backend != "pil":
+        raise DataError(f"file_backend={backend} resizes bilinearly, but clip_interpolation={interp}: set "
+                        f"clip_interpolation: bilinear to read the files that way, or file_backend: pil for {interp}")
     if train and cfg.data.augment:
         transform = train_transform(data.image_size, data.mean, data.std, scale=(cfg.data.rrc_scale_min, 1.0),
                                     interpolation=interp)
