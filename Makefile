@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	$(PY) -m pip install -q -c requirements-lock.txt -e ".[dev]"
 	touch $(STAMP)
 
-# oneDNN limited to AVX2 kernels (MKL_CBWR=AVX2 is set by ltr_core): the same kernels, hence the same
-# numbers, on AVX2-only and AVX-512/AMX CPUs (README "Reproducibility")
+# ltr_core runs the AVX2 kernels of MKL, oneDNN and ATen on every x86 CPU (LTR_NATIVE_ISA=1 opts out): the
+# same numbers on AVX2-only and AVX-512/AMX CPUs (README "Reproducibility")
 study: $(STAMP)
-	ONEDNN_MAX_CPU_ISA=AVX2 $(VENV)/bin/ltr suite params/suites/quickstart.yaml --workers 3
+	$(VENV)/bin/ltr suite params/suites/quickstart.yaml --workers 3
 
 # one BLAS/OpenMP thread per process: the tests use tiny models (and 2-process DDP), where more threads only contend
 test: $(STAMP)

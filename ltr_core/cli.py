@@ -7,6 +7,10 @@
     ltr bench [--models resnet32,resnet50,...|all] [--image-size S] [--batch-size B] [--steps N] [--out figures/perf/]
     ltr bench --loaders [--out figures/perf/]
     ltr bench --livt PARAMS.yaml [--set KEY=VALUE ...] [--steps N] [--out figures/perf/]
+    ltr park --to DIR [--results-root R] [--suite NAME]     ltr unpark DIR [--results-root R]
+
+``park`` copies each unfinished run's resumable state (~4 MB for ResNet-32) into DIR, to commit when the
+machine may not be kept; ``unpark`` puts it back, and the next ``ltr run``/``suite`` resumes it (ltr_core.park).
 
 ``--nproc N`` runs one run data-parallel on N processes through torchrun in a subprocess
 (ltr_core.launch); ``--executor slurm`` submits one job per run through submitit (ltr_core.sweep).
@@ -103,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tex-from-csv", action="store_true",
                    help="only re-render the LaTeX tables from the report folder's CSVs (no runs needed)")
 
+    p = sub.add_parser("park", help="copy unfinished runs' resumable state (checkpoint + logs) into a folder to commit")
+    p.add_argument("--to", required=True, help="the folder, e.g. figures/<suite>/parked")
+    p.add_argument("--results-root", default=None, help="where the runs are (default: results)")
+    p.add_argument("--suite", default=None, help="only the runs of this suite folder")
+    p = sub.add_parser("unpark", help="put parked runs back under the results root, to resume them")
+    p.add_argument("src", help="a folder written by `ltr park`")
+    p.add_argument("--results-root", default=None, help="default: results")
+
     p = sub.add_parser("bench", help="images/s of the full training step vs the model step alone")
     p.add_argument("--model", default="resnet32", help="one model (kept for compatibility; see --models)")
     p.add_argument("--models", default="", help="comma-separated rows: resnet32, any timm name, clip_peft:<open_clip "
@@ -133,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="a folder (e.g. figures/perf/): bench.md, bench.csv, bench.png/.pdf; "
                                                "a path ending in .json: the rows as JSON")
     return parser
+
+
+def _park(args) -> int:
+    """``ltr park`` / ``ltr unpark``: paths are relative to the current folder, results to the project."""
+    from . import park
+    from .params import cli_path, find_project
+
+    root = cli_path(args.results_root) if args.results_root else find_project() / "results"
+    try:
+        if args.command == "park":
+            lines = park.park(root, cli_path(args.to), args.suite)
+        else:
+            lines = park.unpark(cli_path(args.src), root)
+    except park.ParkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines) or "nothing to do: no unfinished run with a checkpoint")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.ensure_kernel()
             outcome = runner.run_report(args.suite, ov, out=out, strict=args.strict, use_notebook=not args.no_notebook)
             return 1 if outcome.status == "failed" else 0
+        if args.command in ("park", "unpark"):
+            return _park(args)
         if args.command == "bench":
             from .bench import main as bench_main
 

@@ -13,9 +13,18 @@ Measured on a 2-core AVX2 CPU (torch 2.14, see README "Reproducibility"):
   CIFAR's 32x32 input the results were bitwise equal for 1 and 2 threads. :func:`pin_threads` runs
   datasets below :data:`SMALL_IMAGE` pixels on one intra-op thread (they are tiny: one thread is
   as fast there), and leaves larger inputs to the process's thread count.
-* Across machines: MKL's path is pinned to AVX2 (identical on every AVX2 x86 CPU); oneDNN picks its
-  kernels by instruction set (AVX2 / AVX-512 / AMX), so numbers can differ between CPU generations.
-  ``ONEDNN_MAX_CPU_ISA=AVX2`` (set by ``make study``) pins that too; GPUs are not covered.
+* Across machines: every x86 CPU runs the AVX2 kernels unless told otherwise. MKL's path is pinned by
+  ``MKL_CBWR``; oneDNN (convolutions) and ATen (elementwise ops, batch norm, reductions; also the vector
+  ISA of inductor's generated CPU code) pick kernels by instruction set, AVX2 / AVX-512 / AMX, with
+  other vector widths and hence other rounding. :func:`set_environment` sets ``ONEDNN_MAX_CPU_ISA=AVX2``
+  and ``ATEN_CPU_CAPABILITY=avx2`` too. Measured: the CIFAR-10-LT IR 100 unit-init LDAM-DRW run
+  (seed 0) gave top-1 39.67 after epoch 9 on a 2-core Zen 4 EPYC with its native AVX-512 kernels,
+  39.3 on a Zen 2 (AVX2) with the same code, and 39.28 with the AVX2 pins on the Zen 4 (epochs 19,
+  29, 39: 43.84, 48.19, 57.78 against the Zen 2's 43.8, 48.2, 57.8); the thread-count test of a CIFAR
+  run (``tests/test_integrity.py``) failed on the Zen 4's native kernels and passes with the pins. ``LTR_NATIVE_ISA=1`` keeps each library's own choice (faster on AVX-512/AMX CPUs,
+  needed for fast bf16 there); such a run records the kernels in its inputs
+  (:func:`kernels_identity`), so it is never resumed or skipped on a CPU that would compute it
+  differently. GPUs are not covered.
 """
 
 from __future__ import annotations
@@ -28,9 +37,48 @@ CBWR = "AVX2,STRICT"
 _saved_threads: list[int] = []
 
 
+PINNED_ISA = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # x86: the AVX2 kernels everywhere
+
+
+def native_isa_requested() -> bool:
+    """``LTR_NATIVE_ISA=1``: each library picks its kernels for this CPU (not the same numbers everywhere)."""
+    return os.environ.get("LTR_NATIVE_ISA", "").strip().lower() in ("1", "true", "yes")
+
+
 def set_environment() -> None:
-    """Set ``MKL_CBWR`` (unless the user set it). Called by ``ltr_core/__init__`` before torch is imported."""
+    """Set ``MKL_CBWR`` and, on x86 unless ``LTR_NATIVE_ISA=1``, :data:`PINNED_ISA` (a value the user set
+    is kept). Called by ``ltr_core/__init__`` before torch is imported."""
+    import platform
+
     os.environ.setdefault("MKL_CBWR", CBWR)
+    if platform.machine().lower() in ("x86_64", "amd64") and not native_isa_requested():
+        for key, value in PINNED_ISA.items():
+            os.environ.setdefault(key, value)
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if capability and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # inductor's cache key leaves the vector ISA out: a graph compiled for AVX-512 was reused under
+        # ATEN_CPU_CAPABILITY=avx2 and crashed (SIGSEGV in a generated backward kernel, torch 2.14):
+        # one cache folder per capability
+        import getpass
+        import tempfile
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user without a name
+            user = str(os.getuid())
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}-{capability}")
+
+
+def kernels_identity() -> dict:
+    """The run-identity entry of the CPU kernels: empty for the AVX2 kernels every x86 CPU runs by default
+    (so runs made before this record existed keep their digest), else what this process computes with."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    if capability == "AVX2" and onednn.upper() == "AVX2":
+        return {}
+    return {"cpu_kernels": {"aten": capability, "onednn_max_cpu_isa": onednn or "native"}}
 
 
 def pin_threads(data) -> None:

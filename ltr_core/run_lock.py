@@ -63,6 +63,18 @@ def release_all_run_locks() -> None:
 ARCHIVE_DIR = ".archive"  # <results_root>/.archive/: runs moved aside (--force, stale inputs); never collected
 
 
+def held_elsewhere(path: str | os.PathLike) -> str:
+    """The holder of ``path``'s lock when another live process is writing that run, else ""."""
+    if not (Path(path) / ".lock").exists():
+        return ""
+    try:
+        acquire_run_lock(path)
+    except RunBusy as err:
+        return str(err)
+    release_run_lock(path)
+    return ""
+
+
 def archive_run_dir(path: str | os.PathLike, results_root: str | os.PathLike) -> Path | None:
     """Move a run directory to ``<results_root>/.archive/<its path under results_root>-<time>/`` (one
     rename; nothing is deleted) and return the new path; None if ``path`` does not exist. Reports never

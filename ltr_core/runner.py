@@ -11,8 +11,7 @@ Rules from conventions.md §2 that this module enforces:
   executed copy becomes ``<run_dir>/notebook.ipynb`` only once this process owns the run;
 * a notebook that "succeeds" without writing its artefact (``results.json`` for a run) is a
   failed run; a dead kernel (OOM) is recorded as failed and a suite goes on with the next run;
-* a run whose directory already holds a complete ``results.json`` for the same config hash is
-  skipped; an interrupted one resumes from its checkpoint (the engine does that).
+* a run with a complete ``results.json`` of the same config hash is skipped; an interrupted one resumes.
 
 A suite file (``params/suites/<name>.yaml``)::
 
@@ -33,6 +32,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,8 @@ from .config import ConfigError, RunConfig, config_hash
 from .methods import get_method
 from .placement import _worker_init, visible_gpus, worker_env  # noqa: F401 (re-exported)
 from .nbexec import KERNEL, RunFailed, ensure_kernel, execute_notebook, run_in_notebook  # noqa: F401 (re-exported)
-from .results import RunBusy, RunDir, acquire_run_lock, archive_run_dir, release_run_lock
+from .results import RunDir, archive_run_dir
+from .run_lock import held_elsewhere
 
 # Overrides that say where/how a run executes (ltr_core.report's suite digest leaves them out; run names
 # use ltr_core.params.semantic_keys of the run's method).
@@ -83,18 +84,6 @@ def resolve_params(params_path: str | Path, overrides: dict[str, Any] | None = N
     return params_mod.resolve(params_path, overrides)
 
 
-def _held_elsewhere(run_dir: Path) -> str:
-    """The holder of ``run_dir``'s lock when another live process is writing it, else ""."""
-    if not (run_dir / ".lock").exists():
-        return ""
-    try:
-        acquire_run_lock(run_dir)
-    except RunBusy as err:
-        return str(err)
-    release_run_lock(run_dir)
-    return ""
-
-
 def _execute(cfg: RunConfig, flat: dict[str, Any], run_dir: Path, use_notebook: bool) -> None:
     """torchrun (dist_nproc > 1), the method's notebook, or the method in this process."""
     method = get_method(cfg.run.method)
@@ -116,7 +105,7 @@ def run_params(params_path: str | Path, overrides: dict[str, Any] | None = None,
     """Run one params file through its method's notebook (or in-process); never raises on a failed run."""
     flat, cfg = resolve_params(params_path, overrides)
     run_dir = Path(flat["run_dir"])
-    busy = _held_elsewhere(run_dir)
+    busy = held_elsewhere(run_dir)
     if busy:
         print(f"FAIL  {cfg.run_id}: {busy}", file=sys.stderr, flush=True)
         return RunOutcome(cfg.run_id, run_dir, "failed", 0.0, busy)
@@ -133,8 +122,10 @@ def run_params(params_path: str | Path, overrides: dict[str, Any] | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         _execute(cfg, flat, run_dir, use_notebook)
     except (RunFailed, Exception) as err:  # a suite goes on with its next run
-        msg = str(err)
-        print(f"FAIL  {cfg.run_id}: {msg}\n      log: {run_dir / 'stdout.log'}", file=sys.stderr, flush=True)
+        msg, log = (str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"), run_dir / "stdout.log"
+        if not log.is_file():  # in-process (--no-notebook): the traceback is nowhere else
+            traceback.print_exception(err, file=sys.stderr)
+        print(f"FAIL  {cfg.run_id}: {msg}" + (f"\n      log: {log}" * log.is_file()), file=sys.stderr, flush=True)
         return RunOutcome(cfg.run_id, run_dir, "failed", time.perf_counter() - t0, msg)
     seconds = time.perf_counter() - t0
     top1 = RunDir(run_dir).read_results()["metrics"]["top1"]

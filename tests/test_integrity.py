@@ -283,3 +283,42 @@ def test_host_snapshot_is_one_copy_per_dtype_and_exact():
     snap = host_snapshot(tensors)
     assert all(torch.equal(snap[k], tensors[k]) and snap[k].shape == tensors[k].shape for k in tensors)
     assert snap["a"].untyped_storage().data_ptr() == snap["c"].untyped_storage().data_ptr()  # one buffer
+
+
+def _fresh_numerics(**env_extra: str) -> dict:
+    """What a fresh process that imports ltr_core computes with (the ISA variables of this one removed)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "LTR_NATIVE_ISA", "TORCHINDUCTOR_CACHE_DIR")}
+    env.update(env_extra)
+    code = ("import json, os, ltr_core, torch; from ltr_core import numerics; x = torch.randn(64); (x * 2).sum(); "
+            "print(json.dumps({'aten': torch.backends.cpu.get_cpu_capability(), "
+            "'onednn': os.environ.get('ONEDNN_MAX_CPU_ISA'), 'identity': numerics.kernels_identity(), "
+            "'inductor_cache': os.environ.get('TORCHINDUCTOR_CACHE_DIR', '')}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the AVX2 pins are for x86 CPUs")
+def test_every_x86_cpu_runs_the_avx2_kernels_unless_told_otherwise():
+    pinned = _fresh_numerics()
+    assert pinned.pop("inductor_cache").endswith("-avx2")  # never a graph compiled for another ISA (SIGSEGV)
+    assert pinned == {"aten": "AVX2", "onednn": "AVX2", "identity": {}}  # also on AVX-512 / AMX CPUs
+    assert _fresh_numerics(ONEDNN_MAX_CPU_ISA="AVX512_CORE")["onednn"] == "AVX512_CORE"  # the user's value is kept
+    native = _fresh_numerics(LTR_NATIVE_ISA="1")
+    assert native["onednn"] is None and native["inductor_cache"] == ""
+    # a run on the CPU's own kernels is another identity: never resumed or skipped on another CPU's kernels
+    assert native["identity"] == {"cpu_kernels": {"aten": native["aten"], "onednn_max_cpu_isa": "native"}}
+
+
+def test_the_kernels_are_part_of_a_cpu_runs_inputs_only_when_not_the_default(tmp_path, monkeypatch):
+    params = tiny_params(tmp_path, epochs=1, name="k")
+    default = erm.run(from_params(params))
+    assert "cpu_kernels" not in json.dumps(default["inputs"])  # AVX2 everywhere: the digest of earlier runs
+    import torch
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    cfg = from_params({**params, "results_root": str(tmp_path / "native")})
+    res = erm.run(cfg)
+    assert res["inputs"]["digest"] != default["inputs"]["digest"]
+    assert '"cpu_kernels": {"aten": "AVX512"' in json.dumps(res["inputs"])
