@@ -17,6 +17,8 @@ read:
 
 ``digest`` (sha256 of the rest) is recorded in ``results.json`` and in each checkpoint; a complete run
 whose inputs digest differs is stale and is re-run, a checkpoint of other inputs is never resumed.
+A checkpoint that differs only in the machine's settings (:func:`machine_change`: a compiled CPU run's
+thread count, the CPU kernels) is not dropped either: the run is refused with the settings that resume it.
 """
 
 from __future__ import annotations
@@ -159,3 +161,24 @@ def describe_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> st
     if old.get("extra") != new.get("extra"):
         what.append("the method's extra inputs (" + ", ".join(sorted(set(old.get("extra") or {}) | set(new.get("extra") or {}))) + ")")
     return "; ".join(what) or "the inputs digest"
+
+
+def machine_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
+    """How to compute like ``old`` again, when two input records differ only in what the machine computes
+    with (a compiled CPU run's thread count, the CPU kernels: :func:`ltr_core.numerics.kernels_identity`),
+    else None. A partial run of such other inputs could be resumed here under the old settings."""
+    if not old or {k: v for k, v in old.items() if k not in ("extra", "digest")} != \
+            {k: v for k, v in new.items() if k not in ("extra", "digest")}:
+        return None
+    a, b = dict(old.get("extra") or {}), dict(new.get("extra") or {})
+    how = []
+    if a.get("compiled_cpu_threads") != b.get("compiled_cpu_threads"):
+        how.append(f"{a.get('compiled_cpu_threads', 'no compiled')} CPU threads (this process: "
+                   f"{b.get('compiled_cpu_threads', 'not compiled')}; set OMP_NUM_THREADS={a.get('compiled_cpu_threads')})")
+    if a.get("cpu_kernels") != b.get("cpu_kernels"):
+        want, have = a.get("cpu_kernels"), b.get("cpu_kernels")
+        how.append(f"the CPU kernels {want or 'AVX2 (the default pins)'} (this process: {have or 'AVX2'}; "
+                   + ("unset LTR_NATIVE_ISA" if not want else "LTR_NATIVE_ISA=1 on a CPU with those kernels") + ")")
+    for key in ("compiled_cpu_threads", "cpu_kernels"):
+        a.pop(key, None), b.pop(key, None)
+    return " and ".join(how) if how and a == b else None

@@ -32,6 +32,7 @@ from .config import RunConfig, config_hash, to_flat
 from .data import LTData, build_data
 from .evaluation import Evaluation, SingleLabel
 from .results import RunDir, acquire_run_lock, archive_run_dir, release_run_lock, versions
+from .checkpoint import Checkpoint
 from .stages import format_ref, resolve_run, save_weights
 
 ExtraInputs = dict | Callable[[LTData], dict] | None
@@ -141,6 +142,26 @@ def completed_results(cfg: RunConfig, data: LTData | None = None, load: Callable
     return None
 
 
+class ResumableElsewhere(RuntimeError):
+    """A partial run whose checkpoint this process would compute differently only because of the machine's
+    settings (threads of a compiled CPU run, CPU kernels): resumable with those settings, so not dropped."""
+
+
+def refuse_to_drop_a_resumable_run(run_dir: RunDir, recorded: dict, inputs: dict) -> None:
+    """Raise :class:`ResumableElsewhere` (releasing the lock) when ``run_dir`` holds a checkpoint of inputs
+    that differ from ``inputs`` only in the machine's settings: starting afresh would throw away hours a
+    changed environment variable keeps. ``ltr run --force`` starts afresh (the old run moved aside)."""
+    how = identity.machine_change(recorded, inputs)
+    epoch = (Checkpoint(run_dir).load_state() or {}).get("epoch")
+    if how is None or epoch is None:
+        return
+    release_run_lock(run_dir.path)
+    raise ResumableElsewhere(
+        f"{run_dir.path} holds a partial run (checkpoint after epoch {epoch}) computed with {how}. "
+        f"Resume it with those settings; or pass --force to start afresh here (the partial run is moved "
+        f"aside, not deleted)")
+
+
 def begin_run(cfg: RunConfig, data: LTData | None = None, load: Callable[[], LTData] | None = None,
               extra_inputs: ExtraInputs = None) -> RunContext:
     """Open the run directory (config.yaml), pick the device, build the data under the run's seed
@@ -158,6 +179,7 @@ def begin_run(cfg: RunConfig, data: LTData | None = None, load: Callable[[], LTD
         inputs = inputs_of(cfg, data, extra_inputs)
         recorded = run_dir.read_json("inputs.json") if (run_dir.path / "inputs.json").is_file() else None
         if recorded is not None and recorded.get("digest") != inputs["digest"]:
+            refuse_to_drop_a_resumable_run(run_dir, recorded, inputs)
             release_run_lock(run_dir.path)
             moved = archive_run_dir(run_dir.path, cfg.run.results_root)
             print(f"stale partial run: {run_dir.path} was started from other inputs "

@@ -322,3 +322,41 @@ def test_the_kernels_are_part_of_a_cpu_runs_inputs_only_when_not_the_default(tmp
     res = erm.run(cfg)
     assert res["inputs"]["digest"] != default["inputs"]["digest"]
     assert '"cpu_kernels": {"aten": "AVX512"' in json.dumps(res["inputs"])
+
+
+def test_a_partial_run_of_other_machine_settings_is_refused_not_dropped(tmp_path, monkeypatch):
+    """A checkpoint that differs from this process only in the CPU kernels (or a compiled run's threads) is
+    resumable under those settings: the run is refused with how to resume it, and nothing is moved."""
+    import torch
+
+    params = tiny_params(tmp_path, epochs=3, name="m")
+    original = engine.train_one_epoch
+
+    def dies_at_epoch_2(*args, **kwargs):
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        erm.run(from_params(params))
+    monkeypatch.setattr(engine, "train_one_epoch", original)
+    run = from_params(params).run_path()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    from ltr_core.lifecycle import ResumableElsewhere
+
+    with pytest.raises(ResumableElsewhere, match=r"after epoch 1\) computed with the CPU kernels AVX2.*unset LTR_NATIVE_ISA.*--force"):
+        erm.run(from_params(params))
+    assert engine.Checkpoint(RunDir(run)).load_state()["epoch"] == 1 and not (tmp_path / "results" / ".archive").exists()
+    monkeypatch.undo()
+    assert erm.run(from_params(params))["resumed_from_epoch"] == 1
+
+
+def test_machine_change_names_only_a_change_of_machine_settings():
+    from ltr_core.identity import machine_change
+
+    base = {"data": {"digest": "a"}, "extra": {"compiled_cpu_threads": 2}, "digest": "x"}
+    assert "set OMP_NUM_THREADS=2" in machine_change(base, {**base, "extra": {"compiled_cpu_threads": 1}, "digest": "y"})
+    assert machine_change(base, {**base, "data": {"digest": "b"}, "extra": {"compiled_cpu_threads": 1}}) is None
+    assert machine_change(base, {**base, "extra": {"compiled_cpu_threads": 2, "texts": "t"}}) is None
+    assert machine_change(None, base) is None
