@@ -33,3 +33,23 @@ def tiny_params(tmp_path: Path, **overrides) -> dict:
     }
     params.update(overrides)
     return params
+
+
+def killed_at_epoch(params: dict, epoch: int, monkeypatch) -> None:
+    """Run the ERM run of ``params`` until ``epoch`` starts, then die like a kill (the checkpoint of
+    ``epoch - 1`` is committed, no results.json)."""
+    from ltr_core import engine
+    from ltr_core.config import from_params
+    from ltr_core.methods import erm
+
+    original = engine.train_one_epoch
+
+    def dies(*args, **kwargs):
+        if kwargs["epoch"] == epoch:
+            raise KeyboardInterrupt("simulated kill")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        erm.run(from_params(params))
+    monkeypatch.setattr(engine, "train_one_epoch", original)

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_params
+from conftest import REPO, killed_at_epoch, tiny_params
 from ltr_core import engine
 from ltr_core.config import config_hash, from_params
 from ltr_core.methods import erm
@@ -68,21 +68,12 @@ def _strip_times(records):
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     cfg_a, res_a = _run(tmp_path, "a", epochs=4)
-    original = engine.train_one_epoch
-
-    def dies_at_epoch_2(*args, **kwargs):
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_2)
-    cfg_b = from_params(tiny_params(tmp_path, name="b", epochs=4))
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(cfg_b)
+    params_b = tiny_params(tmp_path, name="b", epochs=4)
+    killed_at_epoch(params_b, 2, monkeypatch)
+    cfg_b = from_params(params_b)
     rd = RunDir(cfg_b.run_path())
     assert rd.read_results() is None
     assert engine.Checkpoint(rd).load_state()["epoch"] == 1
-    monkeypatch.setattr(engine, "train_one_epoch", original)
     res_b = erm.run(cfg_b)
     assert res_b["resumed_from_epoch"] == 1
     assert res_b["metrics"] == res_a["metrics"]

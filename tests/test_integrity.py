@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, tiny_params
+from conftest import REPO, killed_at_epoch, tiny_params
 from ltr_core import engine, faults
 from ltr_core.config import from_params
 from ltr_core.methods import erm
@@ -111,29 +111,16 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch_or_is_named(tmp_p
     params = tiny_params(tmp_path, epochs=4, name="dmg")
     ref = from_params({**params, "results_root": str(tmp_path / "ref")})
     erm.run(ref)
-    original = engine.train_one_epoch
-
-    def dies_at_epoch_3(*args, **kwargs):
-        if kwargs["epoch"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_3)
+    killed_at_epoch(params, 3, monkeypatch)
     cfg = from_params(params)
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(cfg)
-    monkeypatch.setattr(engine, "train_one_epoch", original)
     ckpt = cfg.run_path() / "checkpoint"
     (ckpt / "epoch-000002" / "model.safetensors").write_bytes(b"torn")
     res = erm.run(cfg)  # falls back to epoch 1 and trains 2 and 3 again: same numbers
     assert res["resumed_from_epoch"] == 1
     assert _numbers(cfg.run_path()) == _numbers(ref.run_path())
     # nothing loadable: the error names the files and the fix
+    killed_at_epoch({**params, "name": "dmg2"}, 3, monkeypatch)
     cfg2 = from_params({**params, "name": "dmg2"})
-    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(cfg2)
-    monkeypatch.setattr(engine, "train_one_epoch", original)
     for d in (cfg2.run_path() / "checkpoint").glob("epoch-*"):
         (d / "model.safetensors").write_bytes(b"torn")
     with pytest.raises(engine.CheckpointError) as err:
@@ -257,18 +244,8 @@ def test_async_and_sparse_checkpoints_resume_to_the_same_numbers(tmp_path, monke
     erm.run(from_params(params))
     fast = {**params, "name": "async", "checkpoint_async": True, "checkpoint_every": 2}
     assert from_params(fast).run_path() != from_params(params).run_path()
-    original = engine.train_one_epoch
-
-    def dies_at_epoch_3(*args, **kwargs):
-        if kwargs["epoch"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(from_params(fast))
+    killed_at_epoch(fast, 3, monkeypatch)
     assert engine.Checkpoint(RunDir(from_params(fast).run_path())).load_state()["epoch"] == 1
-    monkeypatch.setattr(engine, "train_one_epoch", original)
     res = erm.run(from_params(fast))
     assert res["resumed_from_epoch"] == 1
     assert _numbers(from_params(fast).run_path()) == _numbers(from_params(params).run_path())
@@ -330,17 +307,7 @@ def test_a_partial_run_of_other_machine_settings_is_refused_not_dropped(tmp_path
     import torch
 
     params = tiny_params(tmp_path, epochs=3, name="m")
-    original = engine.train_one_epoch
-
-    def dies_at_epoch_2(*args, **kwargs):
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(from_params(params))
-    monkeypatch.setattr(engine, "train_one_epoch", original)
+    killed_at_epoch(params, 2, monkeypatch)
     run = from_params(params).run_path()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     from ltr_core.lifecycle import ResumableElsewhere

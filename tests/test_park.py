@@ -8,33 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_params
+from conftest import killed_at_epoch, tiny_params
 from test_integrity import _numbers
 from ltr_core import cli, engine, park
 from ltr_core.config import from_params
 from ltr_core.methods import erm
 
 
-def _killed_at_epoch(params: dict, epoch: int, monkeypatch) -> None:
-    """Run until ``epoch`` starts, then die like a kill (the checkpoint of ``epoch - 1`` is committed)."""
-    original = engine.train_one_epoch
-
-    def dies(*args, **kwargs):
-        if kwargs["epoch"] == epoch:
-            raise KeyboardInterrupt("simulated end of the session")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", dies)
-    with pytest.raises(KeyboardInterrupt):
-        erm.run(from_params(params))
-    monkeypatch.setattr(engine, "train_one_epoch", original)
-
-
 def test_a_parked_run_resumes_on_an_empty_machine_to_the_uninterrupted_numbers(tmp_path, monkeypatch, capsys):
     params = tiny_params(tmp_path, epochs=4, name="carried")
     ref = from_params({**params, "results_root": str(tmp_path / "ref")})
     erm.run(ref)
-    _killed_at_epoch(params, 3, monkeypatch)
+    killed_at_epoch(params, 3, monkeypatch)
     results = Path(params["results_root"])
     dest = tmp_path / "repo" / "parked"
     assert cli.main(["park", "--to", str(dest), "--results-root", str(results)]) == 0
@@ -54,12 +39,12 @@ def test_a_parked_run_resumes_on_an_empty_machine_to_the_uninterrupted_numbers(t
 
 def test_unpark_keeps_a_newer_checkpoint_and_archives_an_older_one(tmp_path, monkeypatch):
     params = tiny_params(tmp_path, epochs=4, name="both")
-    _killed_at_epoch(params, 2, monkeypatch)  # checkpoint of epoch 1
+    killed_at_epoch(params, 2, monkeypatch)  # checkpoint of epoch 1
     results = Path(params["results_root"])
     run = from_params(params).run_path()
     dest = tmp_path / "parked"
     park.park(results, dest)
-    _killed_at_epoch(params, 3, monkeypatch)  # here it went on to epoch 2
+    killed_at_epoch(params, 3, monkeypatch)  # here it went on to epoch 2
     assert "not older" in park.unpark(dest, results)[0]
     assert park.checkpoint_epoch(run) == 2
     park.park(results, dest)  # the parked copy is replaced by the newer state
@@ -73,7 +58,7 @@ def test_unpark_keeps_a_newer_checkpoint_and_archives_an_older_one(tmp_path, mon
 
 def test_a_torn_parked_copy_is_refused_with_the_fix(tmp_path, monkeypatch):
     params = tiny_params(tmp_path, epochs=3, name="torn")
-    _killed_at_epoch(params, 2, monkeypatch)
+    killed_at_epoch(params, 2, monkeypatch)
     results, dest = Path(params["results_root"]), tmp_path / "parked"
     park.park(results, dest)
     parked = dest / from_params(params).run_path().relative_to(results)
@@ -85,7 +70,7 @@ def test_a_torn_parked_copy_is_refused_with_the_fix(tmp_path, monkeypatch):
 
 def test_a_checkpoint_removed_during_the_copy_is_copied_again(tmp_path, monkeypatch):
     params = tiny_params(tmp_path, epochs=3, name="moving")
-    _killed_at_epoch(params, 2, monkeypatch)
+    killed_at_epoch(params, 2, monkeypatch)
     results = Path(params["results_root"])
     calls = []
     copytree = shutil.copytree
