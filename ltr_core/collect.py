@@ -92,22 +92,30 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def best_evaluated_top1(run_dir: Path) -> float:
-    """The highest top-1 over the epochs ``metrics.jsonl`` evaluated (NaN without one): selected on the test
-    split, as LDAM-DRW's code reports, so a column for comparison with such numbers, never our result."""
-    best = np.nan
+def evaluated_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` that carry a test evaluation (a finite top-1), by epoch ascending
+    (a later record of the same epoch wins; a torn last line of a killed run is skipped)."""
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     except OSError:
-        return best
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
     for line in lines:
         try:
-            top1 = json.loads(line).get("top1")
-        except (ValueError, AttributeError):
-            continue  # a torn last line of a killed run
-        if isinstance(top1, (int, float)) and np.isfinite(top1):
-            best = top1 if np.isnan(best) else max(best, top1)
-    return best
+            record = json.loads(line)
+        except ValueError:
+            continue
+        top1 = record.get("top1") if isinstance(record, dict) else None
+        if isinstance(top1, (int, float)) and np.isfinite(top1) and isinstance(record.get("epoch"), int):
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def best_evaluated_top1(run_dir: Path) -> float:
+    """The highest top-1 over the epochs ``metrics.jsonl`` evaluated (NaN without one): selected on the test
+    split, as LDAM-DRW's code reports, so a column for comparison with such numbers, never our result."""
+    evaluated = evaluated_epochs(run_dir)
+    return max(r["top1"] for r in evaluated) if evaluated else np.nan
 
 
 def _row(results: Mapping[str, Any], path: Path) -> dict[str, Any]:

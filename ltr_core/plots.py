@@ -396,3 +396,36 @@ def plot_posthoc_sweep(sweeps: Mapping[str, Any] | Sequence[Mapping[str, Any]], 
     ax.set_title(title, fontsize="small")
     ax.legend(fontsize="small", ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig
+
+
+CURVE_METRICS = ("top1", "many", "medium", "few")
+
+
+def plot_eval_curves(curves: Mapping[str, Mapping[str, Sequence[Any]]],
+                     metrics: Sequence[str] = ("top1", "medium", "few")) -> Figure:
+    """Test accuracy at every evaluated epoch of each stage-1 run: one panel per metric of ``metrics``
+    that has a value (All, Medium, Few: a group with no class, e.g. Few on CIFAR-10-LT IR 100, is left
+    out), one line per label. Shows what a last-epoch number hides: the lr steps, the DRW switch, and how
+    far the last epoch sits from the best evaluated one.
+
+    ``curves``: {label: {"epoch": [...], <metric>: [...] (%, None for an empty group)}}, e.g. the means
+    over seeds of :func:`ltr_core.report.eval_curves`.
+    """
+    if not curves:
+        raise ValueError("plot_eval_curves needs at least one curve")
+
+    def values(curve, key):
+        return np.asarray([np.nan if v is None else v for v in curve.get(key, [])], dtype=np.float64)
+
+    shown = [m for m in metrics if any(np.isfinite(values(c, m)).any() for c in curves.values())]
+    fig, axes = plt.subplots(1, len(shown), figsize=(PAGE_WIDTH if len(shown) > 1 else COLUMN_WIDTH, 2.4),
+                             squeeze=False, sharex=True, layout="constrained")
+    colors = _palette(len(curves))
+    for ax, metric in zip(axes[0], shown):
+        for color, (label, curve) in zip(colors, curves.items()):
+            ax.plot(np.asarray(curve["epoch"]) + 1, values(curve, metric), color=color, label=label,
+                    linewidth=1.0, marker="o", markersize=2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"test {GROUP_LABELS.get(metric, metric)} (%)")
+    axes[0][0].legend(fontsize="x-small", loc="lower right")
+    return fig

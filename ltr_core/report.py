@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .collect import ExpectedRun, collect_suite, folder_expected_runs, shown_path, suite_expected_runs
+from .collect import (ExpectedRun, collect_suite, evaluated_epochs, folder_expected_runs, shown_path,
+                      suite_expected_runs)
 from .pivot import pivot_row_key, pivot_tables, pivots_from_csv, render_pivot_tables, run_param  # noqa: F401
 from .results import atomic_write_bytes, dump_json
 from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
@@ -119,6 +120,29 @@ def open_set_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None)
         warnings.simplefilter("ignore", RuntimeWarning)
         return {label: {k: np.nanmean(np.asarray([s[k] for s in sw], dtype=float), axis=0).tolist() for k in sw[0]}
                 for label, sw in runs.items()}
+
+
+def eval_curves(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, dict[str, list]]:
+    """{method-name: {"epoch": [...], "top1"/"many"/"medium"/"few": [...]}} of the stage-1 runs of one
+    dataset that evaluated at three or more epochs (``metrics.jsonl``; two points are the table's last
+    epoch and one more, no curve), the mean over seeds at the epochs every seed evaluated; stage-2 runs
+    (their own short schedule on a stage-1 model) are left out."""
+    runs: dict[str, list[dict[int, dict]]] = {}
+    for _, row in df.iterrows():
+        evaluated = evaluated_epochs(Path(row["path"]))
+        if len(evaluated) >= 3 and not _results(row, results).get("stage1"):
+            runs.setdefault(_curve_label(df, row), []).append({r["epoch"]: r for r in evaluated})
+    curves = {}
+    for label, seeds in runs.items():
+        epochs = sorted(set.intersection(*(set(s) for s in seeds)))
+        curve: dict[str, list] = {"epoch": epochs}
+        for key in plots.CURVE_METRICS:
+            with warnings.catch_warnings():  # a group every seed leaves empty stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                curve[key] = [float(np.nanmean([np.nan if s[e].get(key) is None else s[e][key] for s in seeds]))
+                              for e in epochs]
+        curves[label] = curve
+    return curves
 
 
 def posthoc_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, list[dict]]:
@@ -325,6 +349,9 @@ def _figures(df: pd.DataFrame, results: Mapping[str, dict], many: int, few: int,
         sweeps = open_set_sweeps(sub, results)
         if sweeps:  # datasets with an open split: F-measure and accuracy against the threshold
             out.update(plots.render(plots.plot_open_set_sweep(sweeps), f"open_set_sweep_{dataset}"))
+        curves = eval_curves(sub, results)
+        if curves:  # test accuracy over training of the stage-1 runs
+            out.update(plots.render(plots.plot_eval_curves(curves), f"eval_curves_{dataset}"))
         for run_name, runs in posthoc_sweeps(sub, results).items():  # τ-norm / post-hoc LA: accuracy against τ
             fig = plots.plot_posthoc_sweep(runs, runs[0]["_split"], chosen=runs[0]["_tau"], label=runs[0]["_how"],
                                            knob=runs[0]["_mode"], title=f"{dataset} {run_name}")

@@ -357,3 +357,39 @@ def test_best_evaluated_top1_reads_metrics_jsonl_and_survives_a_torn_line(tmp_pa
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0}\n{"epoch": 9, "top1": 41.7}\n'
                                             '{"epoch": 19, "top1": 48.66}\n{"epoch": 29, "top1": 45.0}\n{"epoch": 3')
     assert best_evaluated_top1(tmp_path) == 48.66
+
+
+def test_evaluated_epochs_keep_the_last_record_of_an_epoch_and_skip_untested_ones(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 0, "train_loss": 1.0}\n{"epoch": 9, "top1": 41.7, "medium": 3.0}\n'
+        '{"epoch": 19, "top1": 40.0}\n{"epoch": 19, "top1": 48.66, "few": null}\n[1, 2]\n{"epoch": 29, "top')
+    got = collect.evaluated_epochs(tmp_path)
+    assert [(r["epoch"], r["top1"]) for r in got] == [(9, 41.7), (19, 48.66)]
+    assert collect.evaluated_epochs(tmp_path / "missing") == []
+
+
+def test_eval_curves_average_seeds_on_shared_epochs_and_leave_stage_two_out(tmp_path):
+    root = tmp_path / "results"
+    suite, expected = write_runs(make_suite(tmp_path, seeds=(0, 1, 2)), root)
+    logs = [{9: 40.0, 19: 50.0, 29: 60.0, 39: 61.0}, {9: 44.0, 19: 54.0, 29: 62.0}, {9: 1.0, 19: 2.0, 29: 3.0}]
+    for run, log in zip(expected, logs):
+        (run.path / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "top1": t, "medium": t - 10, "few": None}) + "\n" for e, t in log.items()))
+    res = RunDir(expected[2].path).read_results()
+    RunDir(expected[2].path).write_results({**res, "stage1": "digits_lt-erm-x-s0"})  # a cRT-like stage-2 run
+    df = collect.collect_suite(expected, root / "rep", "rep").frame
+    curves = report.eval_curves(df)
+    assert list(curves) == ["erm"]
+    c = curves["erm"]
+    assert c["epoch"] == [9, 19, 29] and c["top1"] == [42.0, 52.0, 61.0] and c["medium"] == [32.0, 42.0, 51.0]
+    assert all(np.isnan(c["few"])) and all(np.isnan(c["many"]))
+    fig = plots.plot_eval_curves(curves)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["test All (%)", "test Medium (%)"]  # Few is empty: no panel
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [10, 20, 30]  # epochs completed
+    report.build_suite_report(suite, root, tmp_path / "figs")
+    assert (tmp_path / "figs" / "eval_curves_digits_lt.png").is_file()
+    for run in expected[:2]:  # two evaluated epochs are no curve: no figure, the old one removed
+        (run.path / "metrics.jsonl").write_text('{"epoch": 9, "top1": 1.0}\n{"epoch": 19, "top1": 2.0}\n')
+    assert report.eval_curves(collect.collect_suite(expected, root / "rep", "rep").frame) == {}
+    report.build_suite_report(suite, root, tmp_path / "figs")
+    assert not (tmp_path / "figs" / "eval_curves_digits_lt.png").exists()
