@@ -111,7 +111,7 @@ class TrainSection:
     batch_size: int = 128  # images per optimiser step (split over accum_steps micro-batches)
     accum_steps: int = 1  # gradient accumulation micro-batches per step
     eval_batch_size: int = 512  # evaluation batch
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 autocast on CUDA; on a CPU bf16 only with native bf16 and LTR_NATIVE_ISA=1, else fp32) | bf16 | fp32
     grad_clip: float = 0.0  # max gradient norm; 0: off
     eval_every: int = 1  # evaluate every N epochs (the last epoch always); 0: last only
     max_steps_per_epoch: int = 0  # cap steps per epoch (smoke tests); 0: full epoch

@@ -5,7 +5,8 @@
 * SGD (momentum, optional Nesterov) or AdamW; the learning rate is set every step from
   :func:`lr_factor` (linear warm-up, then step decay at epoch milestones or cosine annealing;
   optimizers and schedules by name: :mod:`ltr_core.optim`);
-* bf16 autocast on CUDA, fp32 on the CPU; gradient accumulation over micro-batches;
+* bf16 autocast on CUDA (and on CPUs with native bf16 run on their own kernels), else fp32; gradient
+  accumulation over micro-batches;
   channels_last for CNNs on CUDA; optional ``torch.compile`` (``compile_mode``), cuDNN autotuning;
 * deterministic: the global RNG is reseeded from (seed, epoch) at the start of every epoch and the
   loaders derive their order and augmentation from (seed, epoch), so a run resumed from the
@@ -59,13 +60,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA for ``auto``/``bf16``; None (fp32) on the CPU or for ``fp32``.
-
-    ``auto`` stays fp32 on CPUs, also on those with native bf16 (:func:`cpu_has_native_bf16`: AVX-512 BF16
-    or AMX), until a CIFAR-10-LT CE run in bf16 has been shown to match fp32 within seed noise; on CPUs
-    without it bf16 autocast is emulated and ~15x slower (ResNet-32, 2-core AVX2 EPYC, ``ltr bench
-    --variants``). ``precision: bf16`` asks for it explicitly."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """The autocast dtype of ``precision`` on ``device``: None (fp32) for ``fp32``, bf16 for ``bf16``;
+    ``auto`` is bf16 on CUDA, and on a CPU bf16 only where :func:`cpu_auto_bf16` (native bf16 arithmetic
+    and the native kernels that use it), fp32 elsewhere."""
+    if precision == "fp32":
+        return None
+    if precision == "auto" and device.type != "cuda" and not cpu_auto_bf16():
         return None
     return torch.bfloat16
 
@@ -75,6 +75,17 @@ def cpu_has_native_bf16() -> bool:
     cpu = torch.cpu
     return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def cpu_auto_bf16() -> bool:
+    """Whether ``precision: auto`` trains a CPU run under bf16 autocast: on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`) running its own kernels (``LTR_NATIVE_ISA=1``; the default AVX2 pins
+    emulate bf16, ~15x slower than fp32). Measured before it became the default (figures/cifar10_lt_bf16_cpu8/):
+    CE on CIFAR-10-LT IR 100, 3 seeds, bf16 against fp32 within seed noise, and faster (``ltr bench
+    --variants``, figures/perf/variants.md). Such a run records ``cpu_autocast: bf16`` in its inputs."""
+    from . import numerics
+
+    return numerics.native_isa_requested() and cpu_has_native_bf16()
 
 
 def compiled(forward, cfg: RunConfig):

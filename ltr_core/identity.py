@@ -179,6 +179,6 @@ def machine_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str
         want, have = a.get("cpu_kernels"), b.get("cpu_kernels")
         how.append(f"the CPU kernels {want or 'AVX2 (the default pins)'} (this process: {have or 'AVX2'}; "
                    + ("unset LTR_NATIVE_ISA" if not want else "LTR_NATIVE_ISA=1 on a CPU with those kernels") + ")")
-    for key in ("compiled_cpu_threads", "cpu_kernels"):
+    for key in ("compiled_cpu_threads", "cpu_kernels", "cpu_autocast"):  # cpu_autocast follows the kernels
         a.pop(key, None), b.pop(key, None)
     return " and ".join(how) if how and a == b else None

@@ -105,12 +105,15 @@ def inputs_of(cfg: RunConfig, data: LTData, extra: ExtraInputs = None) -> dict:
     A run compiled for the CPU also records its intra-op thread count: inductor's generated CPU
     reductions split by thread, so (unlike the eager kernels, :mod:`ltr_core.numerics`) their
     rounding depends on it. A CPU run on other kernels than the default AVX2 ones (``LTR_NATIVE_ISA=1``)
-    records them (:func:`ltr_core.numerics.kernels_identity`)."""
+    records them (:func:`ltr_core.numerics.kernels_identity`), and ``cpu_autocast: bf16`` where ``precision:
+    auto`` resolves to bf16 there (:func:`ltr_core.engine.cpu_auto_bf16`)."""
     extra = dict((extra(data) if callable(extra) else extra) or {})
     if engine.resolve_device(cfg.run.device).type == "cpu":
         if cfg.train.compile:
             extra["compiled_cpu_threads"] = torch.get_num_threads()
         extra.update(numerics.kernels_identity())
+        if cfg.train.precision == "auto" and engine.cpu_auto_bf16():
+            extra["cpu_autocast"] = "bf16"  # auto resolved to bf16 here (native kernels, native bf16)
     weights = init_file(cfg)
     if weights is not None:
         extra["init_file"] = {"path": str(weights), "sha256": identity.sha256_file(weights)}

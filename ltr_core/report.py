@@ -11,6 +11,8 @@ figures; ``ltr report --out DIR`` anywhere):
 * ``runs.csv``: every counted run, one row each (the numbers behind the table);
 * ``shot_bars_<dataset>.{png,pdf}``: many/medium/few/all grouped bars, error bars over seeds;
 * ``per_class_<dataset>.{png,pdf}``: per-class accuracy against classes sorted by training count;
+* ``eval_curves_<dataset>.{png,pdf}``: test accuracy at every evaluated epoch of the stage-1 runs (and
+  the open-set / post-hoc sweeps where runs have them: :mod:`ltr_core.figure_data`);
 * ``index.html``: the tables and every PNG of the folder on one page (relative links, no network);
 * ``report.json``: the files written, the runs counted and every run not counted, with why.
 
@@ -25,16 +27,14 @@ import hashlib
 import html
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .collect import (ExpectedRun, collect_suite, evaluated_epochs, folder_expected_runs, shown_path,
-                      suite_expected_runs)
+from .collect import ExpectedRun, collect_suite, folder_expected_runs, shown_path, suite_expected_runs
+from .figure_data import eval_curves, open_set_sweeps, per_class_matrix, posthoc_sweeps, report_figures  # noqa: F401
 from .pivot import pivot_row_key, pivot_tables, pivots_from_csv, render_pivot_tables, run_param  # noqa: F401
 from .results import atomic_write_bytes, dump_json
 from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
@@ -83,80 +83,6 @@ def published_frame(entries: list[dict[str, Any]] | None) -> pd.DataFrame | None
         row.update({m: e.get(m, np.nan) for m in sorted(set(TABLE_METRICS) | set(e) - {"dataset", "method", "row", "name"})})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _results(row, cache: Mapping[str, dict] | None) -> dict:
-    if cache is not None and str(row["path"]) in cache:
-        return cache[str(row["path"])]
-    return json.loads((Path(row["path"]) / "results.json").read_text())
-
-
-def _curve_label(df: pd.DataFrame, row) -> str:
-    return f"{row['method']}-{row['name']}" if df["name"].nunique() > 1 else str(row["method"])
-
-
-def per_class_matrix(df: pd.DataFrame,
-                     results: Mapping[str, dict] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """{method-name: [seeds, C] per-class accuracy} and the class counts, for one dataset (``results``:
-    parsed results.json by run directory, else read from disk)."""
-    curves: dict[str, list] = {}
-    counts = None
-    for _, row in df.iterrows():
-        res = _results(row, results)
-        curves.setdefault(_curve_label(df, row), []).append([np.nan if v is None else v for v in res["per_class"]])
-        counts = np.asarray(res["class_counts"])
-    return {k: np.asarray(v, dtype=float) for k, v in curves.items()}, counts
-
-
-def open_set_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, dict[str, list[float]]]:
-    """{method-name: open-set theta sweep (metrics.f_measure_sweep) averaged over seeds}, for one dataset;
-    runs without an open-set evaluation are left out (empty dict: none has one)."""
-    runs: dict[str, list[dict]] = {}
-    for _, row in df.iterrows():
-        sweep = (_results(row, results).get("metrics") or {}).get("f_measure_sweep")
-        if sweep:
-            runs.setdefault(_curve_label(df, row), []).append(sweep)
-    with warnings.catch_warnings():  # a threshold where every seed is NaN (nothing accepted) stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return {label: {k: np.nanmean(np.asarray([s[k] for s in sw], dtype=float), axis=0).tolist() for k in sw[0]}
-                for label, sw in runs.items()}
-
-
-def eval_curves(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, dict[str, list]]:
-    """{method-name: {"epoch": [...], "top1"/"many"/"medium"/"few": [...]}} of the stage-1 runs of one
-    dataset that evaluated at three or more epochs (``metrics.jsonl``; two points are the table's last
-    epoch and one more, no curve), the mean over seeds at the epochs every seed evaluated; stage-2 runs
-    (their own short schedule on a stage-1 model) are left out."""
-    runs: dict[str, list[dict[int, dict]]] = {}
-    for _, row in df.iterrows():
-        evaluated = evaluated_epochs(Path(row["path"]))
-        if len(evaluated) >= 3 and not _results(row, results).get("stage1"):
-            runs.setdefault(_curve_label(df, row), []).append({r["epoch"]: r for r in evaluated})
-    curves = {}
-    for label, seeds in runs.items():
-        epochs = sorted(set.intersection(*(set(s) for s in seeds)))
-        curve: dict[str, list] = {"epoch": epochs}
-        for key in plots.CURVE_METRICS:
-            with warnings.catch_warnings():  # a group every seed leaves empty stays NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                curve[key] = [float(np.nanmean([np.nan if s[e].get(key) is None else s[e][key] for s in seeds]))
-                              for e in epochs]
-        curves[label] = curve
-    return curves
-
-
-def posthoc_sweeps(df: pd.DataFrame, results: Mapping[str, dict] | None = None) -> dict[str, list[dict]]:
-    """{run name: [tau_sweep of each seed]} for the runs of one dataset that record a post-hoc τ sweep
-    (decouple τ-norm / post-hoc LA), with the chosen τ and how it was chosen of the first seed."""
-    runs: dict[str, list[dict]] = {}
-    for _, row in df.iterrows():
-        res = _results(row, results)
-        if res.get("tau_sweep"):
-            runs.setdefault(str(row["name"]), []).append({**res["tau_sweep"], "_tau": res.get("tau"),
-                                                          "_how": res.get("tau_selection", ""),
-                                                          "_mode": res.get("decouple_mode", ""),
-                                                          "_split": res.get("eval_split", "test")})
-    return runs
 
 
 def labelled_rows(table: pd.DataFrame, row_labels: dict[str, str]) -> pd.DataFrame:
@@ -304,7 +230,7 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
         html_tables.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if keep_runs:
         files.update(kept_run_files(df, figures_dir, suite_name))
-    files.update(_figures(df, found.results, many, few, multilabel="map" in metrics))
+    files.update(report_figures(df, found.results, many, few, multilabel="map" in metrics))
     others = {p.name for p in figures_dir.glob("*.png")} - previous_files(figures_dir)  # e.g. dataset profiles
     files["index.html"] = index_html(suite_name, caps["pivot" if columns_by else "summary"], header, html_tables,
                                      sorted({*(f for f in files if f.endswith(".png")), *others}),
@@ -327,36 +253,6 @@ def kept_run_files(df: pd.DataFrame, figures_dir: Path, suite_name: str) -> dict
         for name in KEPT_FILES:
             if (Path(path) / name).is_file():
                 out[f"runs/{suite_name}/{run_id}/{name}"] = (Path(path) / name).read_bytes()
-    return out
-
-
-def _figures(df: pd.DataFrame, results: Mapping[str, dict], many: int, few: int, multilabel: bool) -> dict[str, bytes]:
-    """Every figure of the report as {file name: PNG/PDF bytes}."""
-    import matplotlib.pyplot as plt
-
-    out: dict[str, bytes] = {}
-    plots.set_style()
-    for dataset, sub in df.groupby("dataset"):
-        fig = plots.plot_shot_bars(sub, **({"metrics": ("map_head", "map_medium", "map_tail", "map")} if multilabel else {}))
-        if multilabel:
-            fig.axes[0].set_ylabel("mAP (%)")
-        out.update(plots.render(fig, f"shot_bars_{dataset}"))
-        curves, counts = per_class_matrix(sub, results)
-        fig = plots.plot_per_class_vs_count(curves, counts, many=many - 1 if multilabel else many, few=few)
-        if multilabel:  # per_class holds AP; head is n_c >= many, i.e. n_c > many - 1
-            fig.axes[0].set_ylabel("per-class AP (%)")
-        out.update(plots.render(fig, f"per_class_{dataset}"))
-        sweeps = open_set_sweeps(sub, results)
-        if sweeps:  # datasets with an open split: F-measure and accuracy against the threshold
-            out.update(plots.render(plots.plot_open_set_sweep(sweeps), f"open_set_sweep_{dataset}"))
-        curves = eval_curves(sub, results)
-        if curves:  # test accuracy over training of the stage-1 runs
-            out.update(plots.render(plots.plot_eval_curves(curves), f"eval_curves_{dataset}"))
-        for run_name, runs in posthoc_sweeps(sub, results).items():  # τ-norm / post-hoc LA: accuracy against τ
-            fig = plots.plot_posthoc_sweep(runs, runs[0]["_split"], chosen=runs[0]["_tau"], label=runs[0]["_how"],
-                                           knob=runs[0]["_mode"], title=f"{dataset} {run_name}")
-            out.update(plots.render(fig, f"posthoc_{dataset}_{run_name.replace(' ', '_')}"))
-        plt.close("all")
     return out
 
 

@@ -288,6 +288,32 @@ def test_every_x86_cpu_runs_the_avx2_kernels_unless_told_otherwise():
     assert native["identity"] == {"cpu_kernels": {"aten": native["aten"], "onednn_max_cpu_isa": "native"}}
 
 
+def test_precision_auto_is_bf16_on_a_cpu_only_with_native_bf16_and_native_kernels(tmp_path, monkeypatch):
+    import torch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("LTR_NATIVE_ISA", raising=False)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.autocast_dtype("auto", cpu) is None  # the AVX2 pins emulate bf16: fp32
+    assert engine.autocast_dtype("auto", cuda) is torch.bfloat16 and engine.autocast_dtype("bf16", cpu) is torch.bfloat16
+    params = tiny_params(tmp_path, epochs=1, name="p")
+    assert "cpu_autocast" not in lifecycle_inputs(params)
+    monkeypatch.setenv("LTR_NATIVE_ISA", "1")
+    assert engine.autocast_dtype("auto", cpu) is torch.bfloat16 and engine.autocast_dtype("fp32", cpu) is None
+    assert lifecycle_inputs(params)["cpu_autocast"] == "bf16"  # another identity: auto means bf16 here
+    assert "cpu_autocast" not in lifecycle_inputs({**params, "precision": "fp32"})
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.autocast_dtype("auto", cpu) is None and "cpu_autocast" not in lifecycle_inputs(params)
+
+
+def lifecycle_inputs(params: dict) -> dict:
+    """The method's extra inputs of the run of ``params`` on its data (what ``inputs_of`` records)."""
+    from ltr_core.lifecycle import build_data, inputs_of
+
+    cfg = from_params(params)
+    return inputs_of(cfg, build_data(cfg.data)).get("extra") or {}
+
+
 def test_the_kernels_are_part_of_a_cpu_runs_inputs_only_when_not_the_default(tmp_path, monkeypatch):
     params = tiny_params(tmp_path, epochs=1, name="k")
     default = erm.run(from_params(params))
