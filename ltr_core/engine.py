@@ -81,7 +81,7 @@ def cpu_auto_bf16() -> bool:
     """Whether ``precision: auto`` trains a CPU run under bf16 autocast: on a CPU with native bf16
     (:func:`cpu_has_native_bf16`) running its own kernels (``LTR_NATIVE_ISA=1``; the default AVX2 pins
     emulate bf16, ~15x slower than fp32). Measured before it became the default (figures/cifar10_lt_bf16_cpu8/):
-    CE on CIFAR-10-LT IR 100, 3 seeds, bf16 against fp32 within seed noise, and faster (``ltr bench
+    CE and the LA loss on CIFAR-10-LT IR 100, 3 seeds each, bf16 against fp32 within seed noise, and ~2x faster (``ltr bench
     --variants``, figures/perf/variants.md). Such a run records ``cpu_autocast: bf16`` in its inputs."""
     from . import numerics
 

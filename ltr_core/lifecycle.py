@@ -108,11 +108,12 @@ def inputs_of(cfg: RunConfig, data: LTData, extra: ExtraInputs = None) -> dict:
     records them (:func:`ltr_core.numerics.kernels_identity`), and ``cpu_autocast: bf16`` where ``precision:
     auto`` resolves to bf16 there (:func:`ltr_core.engine.cpu_auto_bf16`)."""
     extra = dict((extra(data) if callable(extra) else extra) or {})
-    if engine.resolve_device(cfg.run.device).type == "cpu":
+    device = engine.resolve_device(cfg.run.device)
+    if device.type == "cpu":
         if cfg.train.compile:
             extra["compiled_cpu_threads"] = torch.get_num_threads()
         extra.update(numerics.kernels_identity())
-        if cfg.train.precision == "auto" and engine.cpu_auto_bf16():
+        if cfg.train.precision == "auto" and engine.autocast_dtype("auto", device) is not None:
             extra["cpu_autocast"] = "bf16"  # auto resolved to bf16 here (native kernels, native bf16)
     weights = init_file(cfg)
     if weights is not None:
