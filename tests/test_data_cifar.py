@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -139,7 +140,8 @@ def test_tar_source_extracts_once_and_caches(tmp_path, monkeypatch):
     c = cfg(tmp_path / "tars", tmp_path / "cache", n_max=6, imbalance_ratio=6)
     d1 = build_data(c)
     assert d1.provenance["source"]["kind"] == "tar"
-    assert (tmp_path / "cache" / "cifar10_lt_extracted" / "train" / "truck" / "0005.jpg").is_file()
+    (tree,) = (tmp_path / "cache").glob("cifar10_lt_extracted-*")
+    assert (tree / "train" / "truck" / "0005.jpg").is_file() and (tree / cifar.EXTRACTED_MARK).is_file()
     assert d1.class_counts.tolist() == [6, 4, 4, 3, 2, 2, 1, 1, 1, 1] and d1.test.n == 20
     assert list((tmp_path / "cache").glob("cifar10_lt_tar_*.pt"))
     # JPEG round trip of flat images is (near) exact: label c has value ~20c
@@ -156,6 +158,48 @@ def test_tar_source_extracts_once_and_caches(tmp_path, monkeypatch):
     assert time.perf_counter() - t < 1.0
     assert torch.equal(d1.train.images, d2.train.images) and torch.equal(d1.train.labels, d2.train.labels)
     assert d1.provenance["indices"] == d2.provenance["indices"]
+
+
+def test_two_runs_extracting_at_once_never_read_a_half_written_tree(tmp_path, monkeypatch):
+    """Two runs started together once shared one ``.partial`` folder: the second deleted and refilled it
+    while the first was extracting, the first renamed the half-filled folder into place and cached 4,928
+    airplanes instead of 5,000. Here a second extraction runs to completion *inside* the first one's
+    extraction of train.tar.gz (as a concurrent run would); both must return a complete tree."""
+    write_ten_class_tree(tmp_path / "tree", train_per_class=4, test_per_class=2)
+    make_tars(tmp_path / "tree", tmp_path / "tars")
+    stem = tmp_path / "cache" / "cifar10_lt_extracted"
+    real_open = tarfile.open
+    inner = {}
+
+    def open_and_race(path, *a, **k):
+        if not inner and Path(path).name == "train.tar.gz":
+            inner["tree"] = None
+            inner["tree"] = cifar.extract_tars(tmp_path / "tars", stem)  # the other run, start to finish
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(cifar.tarfile, "open", open_and_race)
+    outer = cifar.extract_tars(tmp_path / "tars", stem)
+    assert outer == inner["tree"]
+    assert len(list((outer / "train").rglob("*.jpg"))) == 40 and len(list((outer / "test").rglob("*.jpg"))) == 20
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [outer.name]  # no partial left behind
+
+
+def test_unfinished_or_other_archives_tree_is_extracted_again(tmp_path):
+    write_ten_class_tree(tmp_path / "tree", train_per_class=3, test_per_class=1)
+    make_tars(tmp_path / "tree", tmp_path / "tars")
+    stem = tmp_path / "cache" / "cifar10_lt_extracted"
+    first = cifar.extract_tars(tmp_path / "tars", stem)
+    (first / cifar.EXTRACTED_MARK).unlink()  # as if killed before the mark: never read, the user is told
+    with pytest.raises(DataError, match="not a finished extraction.*delete it"):
+        cifar.extract_tars(tmp_path / "tars", stem)
+    shutil.rmtree(first)
+    assert cifar.extract_tars(tmp_path / "tars", stem) == first
+    # other archives (one more image per class) get their own tree, not the old one
+    shutil.rmtree(tmp_path / "tars")
+    write_ten_class_tree(tmp_path / "tree2", train_per_class=4, test_per_class=1)
+    make_tars(tmp_path / "tree2", tmp_path / "tars")
+    second = cifar.extract_tars(tmp_path / "tars", stem)
+    assert second != first and len(list((second / "train").rglob("*.jpg"))) == 40
 
 
 def test_image_folder_source_kind(tmp_path):

@@ -15,7 +15,7 @@ Sources, auto-detected under ``data_root`` in this order:
 (b) ``image_folder`` — ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``; class folders sorted
     alphabetically give the label order, files in natural (numeric-aware) name order.
 (c) ``tar`` — ``train.tar.gz`` + ``test.tar.gz`` of such a tree (``../shared/data/cifar10``),
-    extracted once into ``<cache_dir>/<name>_extracted/`` and read as (b).
+    extracted once into ``<cache_dir>/<name>_extracted-<archives' stamp>/`` and read as (b).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from PIL import Image
 from .base import DataError, LTData, Split
 from .profiles import lt_counts, select_lt_indices
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: trees extracted before the completion mark are decoded again
 GENERATOR = "ltr_core.data.cifar v1 (LDAM-DRW: RandomState(lt_seed), per-class shuffle, first n_c)"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
@@ -180,7 +181,7 @@ def decode_image(path: Path, size: int = 32) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as exc:
         raise DataError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); the file is corrupt or "
-                        f"truncated: re-extract the archive (delete the *_extracted folder in cache_dir) "
+                        f"truncated: re-extract the archive (delete the *_extracted-* folder in cache_dir) "
                         f"or re-download the dataset") from exc
     if arr.shape[:2] != (size, size):
         raise DataError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size} for CIFAR; "
@@ -212,24 +213,54 @@ def read_image_folder_tree(root: Path) -> dict:
             "test_images": decode_images(test_paths), "test_labels": test_y, "class_names": train_classes}
 
 
-def extract_tars(folder: Path, dest: Path) -> Path:
-    """Extract ``train.tar.gz`` and ``test.tar.gz`` once into ``dest`` (atomic: via ``dest.partial``)."""
-    if (dest / "train").is_dir() and (dest / "test").is_dir():
+EXTRACTED_MARK = ".complete.json"
+
+
+def tar_stamp(folder: Path) -> list:
+    """(name, size, mtime) of the two archives: an extracted tree is valid only for the archives it came from."""
+    return [[n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns] for n in ("train.tar.gz", "test.tar.gz")]
+
+
+def extracted_ok(dest: Path, stamp: list) -> bool:
+    """True when ``dest`` is a finished extraction (its mark is written last) of the archives ``stamp`` names."""
+    try:
+        return json.loads((dest / EXTRACTED_MARK).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def extract_tars(folder: Path, dest_stem: Path) -> Path:
+    """Extract ``train.tar.gz`` and ``test.tar.gz`` once into ``<dest_stem>-<archives' stamp>``; safe with
+    concurrent runs.
+
+    Each call extracts into its own temporary folder beside the destination, writes the completion mark
+    last and renames the folder into place, so the destination is either absent or finished: a run never
+    reads another's half-written files (two runs starting together did, before), and other archives get
+    another folder. When another run finished first, its tree is used and this call's copy is dropped.
+    """
+    stamp = tar_stamp(folder)
+    dest = dest_stem.with_name(f"{dest_stem.name}-{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:12]}")
+    if extracted_ok(dest, stamp):
         return dest
-    partial = dest.with_name(dest.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    for name in ("train.tar.gz", "test.tar.gz"):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{dest.name}.partial-", dir=dest.parent))
+    try:
+        for name in ("train.tar.gz", "test.tar.gz"):
+            try:
+                with tarfile.open(folder / name, "r:gz") as tar:
+                    tar.extractall(partial, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise DataError(f"cannot extract {folder / name} ({type(exc).__name__}: {exc}); the archive is "
+                                f"corrupt or incomplete: copy it again (compare its sha256 with SOURCES.md)") from exc
+        (partial / EXTRACTED_MARK).write_text(json.dumps(stamp))
         try:
-            with tarfile.open(folder / name, "r:gz") as tar:
-                tar.extractall(partial, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"cannot extract {folder / name} ({type(exc).__name__}: {exc}); the archive is "
-                            f"corrupt or incomplete: copy it again (compare its sha256 with SOURCES.md)") from exc
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(partial, dest)
+            os.replace(partial, dest)
+        except OSError as exc:  # another run renamed its finished tree into place first
+            if not extracted_ok(dest, stamp):
+                raise DataError(f"{dest} exists but is not a finished extraction of {folder}; delete it and "
+                                f"run again") from exc
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
