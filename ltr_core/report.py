@@ -35,12 +35,14 @@ import pandas as pd
 
 from .collect import ExpectedRun, collect_suite, folder_expected_runs, shown_path, suite_expected_runs
 from .figure_data import eval_curves, open_set_sweeps, per_class_matrix, posthoc_sweeps, report_figures  # noqa: F401
+from .paired import other_runs, paired_frame, paired_options, render_paired
 from .pivot import pivot_row_key, pivot_tables, pivots_from_csv, render_pivot_tables, run_param  # noqa: F401
 from .results import atomic_write_bytes, dump_json
 from .tables import frames_from_csv, render_frames, render_tables, summary_numeric, summary_table
 
 TABLE_METRICS = ("many", "medium", "few", "top1", "ece")
-REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels", "keep_runs", "notes")
+REPORT_OPTIONS = ("title", "published", "metrics", "figures_dir", "columns_by", "row_labels", "keep_runs", "notes",
+                  "paired")
 KEPT_FILES = ("results.json", "per_class.csv", "config.yaml", "metrics.jsonl")  # a run's small outputs (keep_runs)
 MANIFEST = "report.json"
 
@@ -108,7 +110,8 @@ def report_options(suite) -> dict[str, Any]:
     return {"title": opts.get("title", ""), "published": opts.get("published"),
             "metrics": tuple(opts.get("metrics") or TABLE_METRICS), "columns_by": opts.get("columns_by", ""),
             "row_labels": opts.get("row_labels"), "keep_runs": bool(opts.get("keep_runs", False)),
-            "notes": [str(n) for n in opts.get("notes") or []]}
+            "notes": [str(n) for n in opts.get("notes") or []],
+            "paired": paired_options(opts.get("paired"), str(suite.path))}
 
 
 def _semantic(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -186,7 +189,7 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
                  runs: Sequence[ExpectedRun] | None = None, title: str = "", published: list[dict] | None = None,
                  many: int = 100, few: int = 20, metrics: tuple[str, ...] = TABLE_METRICS, columns_by: str = "",
                  row_labels: dict[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
-                 keep_runs: bool = False, notes: Sequence[str] = ()) -> dict:
+                 keep_runs: bool = False, notes: Sequence[str] = (), paired: Mapping[str, Any] | None = None) -> dict:
     """Write the tables, figures, index.html and report.json of ``runs`` (default: every run folder of
     ``<results_root>/<suite_name>``, archived ones left out); returns {"runs": DataFrame, "summary":
     DataFrame, "files": [...], "files_dir", "collection": :class:`ltr_core.collect.SuiteRuns`, "header"}.
@@ -198,6 +201,8 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     ``<figures_dir>/runs/<suite>/<run id>/``, a results root that rebuilds the report on a fresh clone
     (``ltr report SUITE --results-root <figures_dir>/runs``) when the machine and its results/ are gone.
     ``notes`` (e.g. why a row misses its published number) are listed under the tables (summary.md, index.html).
+    ``paired`` (:func:`ltr_core.paired.paired_options`) adds ``paired.{md,csv}``: these runs beside the runs of
+    another suite that differ in one thing (e.g. the data copy), with the difference; also under the table.
     """
     figures_dir, folder = Path(figures_dir), Path(results_root) / suite_name
     found = collect_suite(folder_expected_runs(folder) if runs is None else list(runs), folder, suite_name)
@@ -225,6 +230,10 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
                                    published=published_frame(published), comment=comment))
         html_tables.append(files.pop("html"))
     files["summary.md"] = "\n".join(header) + "\n\n" + files["summary.md"]
+    if paired:
+        files.update(paired_files(df, paired, [m for m in metrics if m != "ece"], row_labels))
+        files["summary.md"] = files["summary.md"].rstrip("\n") + "\n\n" + files["paired.md"]
+        html_tables.append(files.pop("html"))
     if notes:
         files["summary.md"] = files["summary.md"].rstrip("\n") + "\n\nNotes:\n\n" + "".join(f"- {n}\n" for n in notes)
         html_tables.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
@@ -240,6 +249,16 @@ def build_report(suite_name: str, results_root: str | Path, figures_dir: str | P
     written = write_files(figures_dir, files, manifest)
     return {"runs": df, "summary": shown, "files": written, "files_dir": figures_dir, "collection": found,
             "header": header}
+
+
+def paired_files(df: pd.DataFrame, paired: Mapping[str, Any], metrics: Sequence[str],
+                 row_labels: Mapping[str, str] | None) -> dict[str, str]:
+    """paired.md / .csv / html of these runs against the other suite's (the metrics either side has)."""
+    other = other_runs(paired)
+    shown = [m for m in metrics if any(m in d.columns and pd.to_numeric(d[m], errors="coerce").notna().any()
+                                       for d in (df, other))]
+    frame = paired_frame(df, other, paired["runs"], shown)
+    return render_paired(frame, shown, paired.get("this_label", "this suite"), paired["label"], row_labels)
 
 
 def kept_run_files(df: pd.DataFrame, figures_dir: Path, suite_name: str) -> dict[str, bytes]:

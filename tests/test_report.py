@@ -284,8 +284,12 @@ def test_a_very_wide_table_is_shrunk_to_the_text_width(tmp_path):
 
 
 def _cells(md: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("|") and not line.startswith("|:") and not line.startswith("|-")]
+    """The cells of the first table of ``md`` (summary.md may go on with a paired table)."""
+    lines = md.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]
+            if not line.startswith("|:") and not line.startswith("|-")]
 
 
 COMMITTED = [s for s in map(runner.load_suite, sorted((REPO / "params" / "suites").glob("*.yaml")))
