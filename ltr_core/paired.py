@@ -40,8 +40,8 @@ def paired_options(block: Any, where: str) -> dict[str, Any] | None:
     that names the key and shows the expected shape."""
     if block is None:
         return None
-    shape = ("paired: {label: <column header>, this_label (optional), suite: <other suite name>, results_root: <folder holding "
-             "<suite>/<run id>/>, runs: {<this run name>: <other run name>}}")
+    shape = ("paired: {label: <column header>, this_label (optional), suite: <other suite name>, "
+             "results_root: <folder holding <suite>/<run id>/>, runs: {<this run name>: <other run name>}}")
     if not isinstance(block, Mapping):
         raise ValueError(f"{where}: report option 'paired' must be a mapping; expected {shape}")
     unknown = sorted(set(block) - set(PAIRED_KEYS) - set(OPTIONAL_KEYS))
@@ -68,11 +68,16 @@ def other_runs(options: Mapping[str, Any]) -> pd.DataFrame:
     return collect_suite(folder_expected_runs(folder), folder, options["suite"]).frame
 
 
-def _seed_values(df: pd.DataFrame, name: str, metric: str) -> pd.Series:
-    rows = df[df["name"] == name]
-    if metric not in rows.columns:
-        return pd.Series(dtype=float)
-    return pd.to_numeric(rows.set_index("seed")[metric], errors="coerce").astype(float)
+def _runs_named(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The runs of ``df`` with run name ``name``, indexed by seed."""
+    return df[df["name"] == name].set_index("seed")
+
+
+def _values(runs: pd.DataFrame, metric: str, seeds: Sequence[int]) -> pd.Series:
+    """``metric`` of ``runs`` at ``seeds`` as floats (NaN where a run lacks it)."""
+    if metric not in runs.columns:
+        return pd.Series(np.nan, index=list(seeds), dtype=float)
+    return pd.to_numeric(runs[metric], errors="coerce").astype(float).reindex(seeds)
 
 
 def paired_frame(this: pd.DataFrame, other: pd.DataFrame, runs: Mapping[str, str],
@@ -81,12 +86,11 @@ def paired_frame(this: pd.DataFrame, other: pd.DataFrame, runs: Mapping[str, str
     suite), ``m_other`` and ``m_delta`` (mean over the common seeds of this − other); NaN without one."""
     rows = []
     for name, other_name in runs.items():
-        row: dict[str, Any] = {"name": name, "other_name": other_name}
-        seeds = sorted(set(this.loc[this["name"] == name, "seed"]) & set(other.loc[other["name"] == other_name, "seed"]))
-        row["seeds"] = len(seeds)
+        mine, theirs = _runs_named(this, name), _runs_named(other, other_name)
+        seeds = sorted(set(mine.index) & set(theirs.index))
+        row: dict[str, Any] = {"name": name, "other_name": other_name, "seeds": len(seeds)}
         for m in metrics:
-            a = _seed_values(this, name, m).reindex(seeds)
-            b = _seed_values(other, other_name, m).reindex(seeds)
+            a, b = _values(mine, m, seeds), _values(theirs, m, seeds)
             row[m], row[f"{m}_other"], row[f"{m}_delta"] = a.mean(), b.mean(), (a - b).mean()
         rows.append(row)
     return pd.DataFrame(rows)

@@ -258,7 +258,7 @@ def paired_files(df: pd.DataFrame, paired: Mapping[str, Any], metrics: Sequence[
     shown = [m for m in metrics if any(m in d.columns and pd.to_numeric(d[m], errors="coerce").notna().any()
                                        for d in (df, other))]
     frame = paired_frame(df, other, paired["runs"], shown)
-    return render_paired(frame, shown, paired.get("this_label", "this suite"), paired["label"], row_labels)
+    return render_paired(frame, shown, paired["this_label"], paired["label"], row_labels)
 
 
 def kept_run_files(df: pd.DataFrame, figures_dir: Path, suite_name: str) -> dict[str, bytes]:
