@@ -34,7 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lt_profile": ("exp", "step"),
     "sampler": tuple(SAMPLER_REGISTRY),
     "head": ("linear", "cosine"),
-    "head_init": ("default", "kaiming_normal", "unit_norm"),
+    "head_init": ("default", "kaiming_normal", "unit_norm", "sigmoid_prior"),
     "channels_last": ("auto", "on", "off"),
     "optimizer": tuple(OPTIMIZERS),
     "schedule": tuple(SCHEDULES),

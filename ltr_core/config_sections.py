@@ -63,7 +63,7 @@ class ModelSection:
     pretrained: str = ""  # timm pretrained tag or a local weights file; empty: random init
     head: str = "linear"  # linear | cosine
     cosine_scale: float = 16.0  # logit scale s of the cosine head: z = s * cos(f, w)
-    head_init: str = "default"  # head weight init: default (linear: nn.Linear's U(±1/√d); cosine: U(-1, 1)) | kaiming_normal (linear; LDAM-DRW's CIFAR ResNet code, std √(2/d)) | unit_norm (cosine; LDAM-DRW's NormedLinear, ‖w_c‖ = 1)
+    head_init: str = "default"  # head weight init: default (linear: nn.Linear's U(±1/√d); cosine: U(-1, 1)) | kaiming_normal (linear; LDAM-DRW's CIFAR ResNet code, std √(2/d)) | unit_norm (cosine; LDAM-DRW's NormedLinear, ‖w_c‖ = 1) | sigmoid_prior (linear; the CB repository's sigmoid/focal head: Glorot-uniform weight, bias -log(C-1))
     drop_rate: float = 0.0  # dropout before the head
     channels_last: str = "auto"  # auto (CNNs on CUDA) | on | off
 
@@ -74,7 +74,7 @@ class LossSection:
     label_smoothing: float = 0.0  # epsilon of label smoothing (ce, bal_bce; other losses reject it)
     focal_gamma: float = 1.0  # focal (and cb with cb_loss=focal): gamma of -(1-p_y)^gamma log p_y
     cb_beta: float = 0.9999  # cb: beta of the effective number, w_c = (1-beta)/(1-beta^n_c), sum w = C
-    cb_loss: str = "ce"  # cb: loss the class-balanced weights multiply: ce | focal
+    cb_loss: str = "ce"  # cb: loss the class-balanced weights multiply: ce | focal (softmax, LDAM-DRW's code) | sigmoid | sigmoid_focal (one-vs-all, the CB repository's code)
     ldam_max_margin: float = 0.5  # ldam, ldam_drw: margin of the rarest class (m_c ~ n_c^-1/4)
     ldam_scale: float = 30.0  # ldam, ldam_drw: logit scale s on cosine logits (use head=cosine, cosine_scale=1)
     drw_epoch: int = 160  # ldam_drw: first (0-based) epoch with class-balanced weights (80% of the schedule)
@@ -96,6 +96,7 @@ class OptimSection:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
     weight_decay: float = 2e-4  # decoupled for AdamW, L2 for SGD
+    head_bias_decay: bool = True  # weight decay on the classifier's bias too (false: the CB repository's sigmoid/focal runs)
     adam_beta1: float = 0.9  # AdamW beta1
     adam_beta2: float = 0.999  # AdamW beta2
     schedule: str = "step"  # step | cosine | constant

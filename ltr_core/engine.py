@@ -39,7 +39,7 @@ from .config import RunConfig, config_hash
 from .models import is_cnn
 from .epochlog import EpochLogger, _progress, tb_tag  # noqa: F401 (the per-epoch log; engine.EpochLogger)
 from .checkpoint import AsyncCheckpointWriter, Checkpoint, CheckpointError  # noqa: F401 - engine.Checkpoint
-from .optim import build_optimizer, lr_factor
+from .optim import build_optimizer, lr_factor, model_param_groups
 from .results import RunDir
 
 NAN_CHECK_EVERY = 25
@@ -298,7 +298,7 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, *, cfg: RunConfig,
     # DDP (ltr_core.dist; identity for one process): SyncBatchNorm on CUDA, then the DDP wrapper is what
     # runs forward/backward (gradient all-reduce); ``model`` stays the plain module that is saved
     _dist.convert_sync_bn(model, device, cfg.dist.dist_sync_bn)
-    optimizer = optimizer or build_optimizer(model.parameters(), cfg.optim)
+    optimizer = optimizer or build_optimizer(model_param_groups(model, cfg.optim), cfg.optim)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     forward = _dist.wrap_model(model, device, find_unused=cfg.dist.dist_find_unused)

@@ -1,5 +1,6 @@
 """Helpers shared by the training losses (:mod:`ltr_core.losses`, :mod:`ltr_core.losses_margin`): checked class
-counts, float32 buffers, the class-balanced weights of Cui et al. and the per-sample softmax focal loss."""
+counts, float32 buffers, the class-balanced weights of Cui et al. and the per-sample softmax and sigmoid focal
+losses."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def _focal_per_sample(z: torch.Tensor, target: torch.Tensor, gamma: float, weigh
         nll, w = w * nll, None
     loss = nll if gamma == 0 else (1.0 - torch.exp(-nll)).clamp_min(0.0).pow(gamma) * nll
     return loss if w is None else w * loss
+
+
+def _sigmoid_focal_per_sample(z: torch.Tensor, target: torch.Tensor, gamma: float,
+                              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample sigmoid focal loss over all C classes (one-vs-all), with an optional class weight w: the
+    ``sigmoid`` (γ = 0) and ``focal`` losses of Cui et al.'s class-balanced loss code, where the sample's
+    weight w_{y_i} multiplies all C of its binary terms:
+
+        loss_i = w_{y_i} · Σ_j (1 − q_ij)^γ · BCE(z_ij, t_ij),   t_ij = [j = y_i],
+        q_ij = σ(z_ij) if t_ij = 1 else 1 − σ(z_ij)   (the probability given to the right binary answer).
+
+    With s_ij = 2 t_ij − 1: BCE = −log σ(s z) and 1 − q = σ(−s z), so the modulator is
+    exp(γ · log σ(−s z)), finite for every logit (the stable form of that code). The sum over samples
+    divided by B is that code's normalisation by the number of positive labels (one per image).
+    """
+    sign = 2.0 * F.one_hot(target, z.shape[1]).to(z.dtype) - 1.0
+    terms = -F.logsigmoid(sign * z)
+    if gamma != 0:
+        terms = torch.exp(gamma * F.logsigmoid(-sign * z)) * terms
+    loss = terms.sum(dim=1)
+    return loss if weight is None else weight.to(z.device)[target] * loss

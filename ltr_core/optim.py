@@ -97,6 +97,22 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+def model_param_groups(model, optim_cfg):
+    """The default optimizer groups of ``model``: all its parameters, or with ``head_bias_decay: false`` two
+    groups, the classifier's bias (``model.head.bias``) without weight decay and the rest with it (Cui et
+    al.'s class-balanced code trains its sigmoid / focal runs so, the bias holding the class prior)."""
+    from torch import nn
+
+    if getattr(optim_cfg, "head_bias_decay", True):
+        return model.parameters()
+    bias = getattr(getattr(model, "head", None), "bias", None)
+    if not isinstance(bias, nn.Parameter):
+        raise ValueError("head_bias_decay: false needs a classifier head with a bias (head: linear); "
+                         "this model has none: leave head_bias_decay at true")
+    rest = [p for p in model.parameters() if p is not bias]
+    return [{"params": rest}, {"params": [bias], "weight_decay": 0.0}]
+
+
 def build_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
     """SGD or AdamW (``OPTIMIZERS[optim_cfg.optimizer]``) over the trainable parameters.
 

@@ -115,6 +115,39 @@ def test_cb_focal_hand_value_and_batch_normalisation():
                  float(torch.nn.functional.cross_entropy(zz.detach(), yy, weight=cb.weight)))
 
 
+def test_cb_sigmoid_focal_is_the_cb_code_loss():
+    """Cui et al.'s code (loss types 'sigmoid' and 'focal'): one-vs-all sigmoid terms over all C classes, the
+    sample's weight w_y on every term, summed and divided by the number of positives (B), loop against numpy:
+    BCE(x, t) = -log q, q = sigmoid(x) if t else 1 - sigmoid(x); focal modulator (1 - q)^gamma."""
+    z, y = batch(11)
+    w = np_cb_weights(COUNTS, 0.999)
+    zn = z.double().numpy()
+
+    def loop(gamma):
+        total = 0.0
+        for i in range(B):
+            for j in range(C):
+                p = 1.0 / (1.0 + math.exp(-zn[i, j]))
+                q = p if j == int(y[i]) else 1.0 - p
+                total += w[int(y[i])] * (1.0 - q) ** gamma * -math.log(q)
+        return total / B
+
+    for gamma in (1.0, 2.0):
+        assert close(ClassBalancedLoss(COUNTS, beta=0.999, base="sigmoid_focal", gamma=gamma)(z, y), loop(gamma))
+    assert close(ClassBalancedLoss(COUNTS, beta=0.999, base="sigmoid", gamma=2.0)(z, y), loop(0.0))  # gamma unused
+    # by hand, two classes, zero logits: every term is log 2 with modulator 1/2; weights (0.5, 1.5), gamma 1:
+    # L = [0.5 (2 * 0.5 log 2) + 1.5 (2 * 0.5 log 2)] / 2 = log 2
+    cb = ClassBalancedLoss([10, 10], beta=0.5, base="sigmoid_focal", gamma=1.0)
+    cb.weight = torch.tensor([0.5, 1.5])
+    assert close(cb(torch.zeros(2, 2), torch.tensor([0, 1])), math.log(2), tol=1e-6)
+    # the stable modulator stays finite (and the loss exact) at logits far beyond float32's exp range
+    big = torch.tensor([[120.0, -120.0], [-120.0, 120.0]], requires_grad=True)
+    cb = ClassBalancedLoss([10, 10], beta=0.5, base="sigmoid_focal", gamma=1.0)
+    out = cb(big, torch.tensor([1, 0]))  # both wrong by 120: each term ~ 120 (modulator ~1), weights 1
+    out.backward()
+    assert close(out.detach(), 240.0, tol=1e-3) and torch.isfinite(big.grad).all()
+
+
 def test_ldam_margins_and_formula():
     loss = LDAMLoss(COUNTS, max_margin=0.5, scale=30.0)
     m = loss.margins.numpy()

@@ -95,6 +95,38 @@ def test_head_init_unit_norm_is_ldam_normed_linear():
         build_model(from_params({"model": "resnet32", "head_init": "unit_norm"}).model, 10, image_size=32)
 
 
+def test_head_init_sigmoid_prior_and_no_decay_on_the_head_bias():
+    """The CB repository's sigmoid/focal head: bias -log(C - 1) (sigmoid 1/C for every class), Glorot-uniform
+    weight (bound sqrt(6 / (d + C))); head_bias_decay: false puts that bias alone in a group without weight
+    decay, so one SGD step on a zero loss moves every other tensor by -lr * wd * p and leaves the bias."""
+    from ltr_core.engine import build_optimizer
+    from ltr_core.optim import model_param_groups
+
+    cfg = from_params({"model": "resnet32", "head_init": "sigmoid_prior", "head_bias_decay": False,
+                       "weight_decay": 0.5, "lr": 0.1, "momentum": 0.0})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 10, image_size=32)
+    assert torch.allclose(model.head.bias, torch.full((10,), -float(np.log(9))))
+    assert torch.sigmoid(model.head.bias).detach().numpy() == pytest.approx(np.full(10, 0.1))
+    bound = (6 / (64 + 10)) ** 0.5
+    assert model.head.weight.abs().max() <= bound and model.head.weight.abs().max() > 0.9 * bound
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model_param_groups(model, cfg.optim), cfg.optim)
+    (0 * model(torch.randn(2, 3, 32, 32)).sum()).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        factor = 1.0 if n == "head.bias" else 1 - 0.1 * 0.5
+        assert torch.allclose(p.detach(), factor * before[n]), n
+    # the default keeps one group (weight decay on the bias too); a head without a bias is refused
+    assert len(build_optimizer(model_param_groups(model, from_params({}).optim), cfg.optim).param_groups) == 1
+    cosine = build_model(from_params({"model": "resnet32", "head": "cosine"}).model, 10, image_size=32)
+    with pytest.raises(ValueError, match="head_bias_decay"):
+        model_param_groups(cosine, cfg.optim)
+    with pytest.raises(ModelError, match="linear head"):
+        build_model(from_params({"model": "resnet32", "head": "cosine", "head_init": "sigmoid_prior"}).model, 10,
+                    image_size=32)
+
+
 def test_cross_entropy_matches_formula():
     torch.manual_seed(0)
     z, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])

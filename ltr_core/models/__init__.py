@@ -6,6 +6,8 @@ mapping images to pooled features with a ``num_features`` attribute.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -95,7 +97,10 @@ def build_model(model_cfg, num_classes: int, *, image_size: int, in_chans: int =
     ``head_init: unit_norm`` starts the cosine head's class vectors at ‖w_c‖ = 1, as LDAM-DRW's NormedLinear
     (U(-1, 1) renormed; the default U(-1, 1) gives ‖w_c‖ ≈ √(d/3), 4.6 at d = 64). The cosine's gradient
     in w_c scales with 1/‖w_c‖, so the class vectors' angular step scales with 1/‖w_c‖²: about 21x smaller
-    at the default init under the same lr, and weight decay shrinks ‖w_c‖ only slowly (×0.7 over 200 epochs)."""
+    at the default init under the same lr, and weight decay shrinks ‖w_c‖ only slowly (×0.7 over 200 epochs).
+    ``head_init: sigmoid_prior`` is the linear head of Cui et al.'s class-balanced code for its sigmoid and focal
+    losses: Glorot-uniform weight (TensorFlow's dense default) and bias b = −log(C − 1), so every class's sigmoid
+    starts at 1/C instead of 1/2 (the π = 1/C prior of the CB paper, §4)."""
     backbone = build_backbone(model_cfg.model, pretrained=model_cfg.pretrained, image_size=image_size, in_chans=in_chans)
     head = build_head(model_cfg.head, backbone.num_features, num_classes, cosine_scale=model_cfg.cosine_scale)
     init = getattr(model_cfg, "head_init", "default")
@@ -108,6 +113,11 @@ def build_model(model_cfg, num_classes: int, *, image_size: int, in_chans: int =
             raise ModelError(f"head_init: unit_norm applies to the cosine head, not {model_cfg.head!r}")
         with torch.no_grad():  # LDAM-DRW's NormedLinear: U(-1, 1), then every class vector rescaled to norm 1
             head.weight.div_(head.weight.norm(dim=1, keepdim=True))
+    elif init == "sigmoid_prior":
+        if not isinstance(head, LinearHead) or head.bias is None:
+            raise ModelError(f"head_init: sigmoid_prior applies to the linear head with a bias, not {model_cfg.head!r}")
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.constant_(head.bias, -math.log(num_classes - 1))
     return Classifier(backbone, head, model_cfg.drop_rate)
 
 
