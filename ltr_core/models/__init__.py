@@ -7,7 +7,6 @@ mapping images to pooled features with a ``num_features`` attribute.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import torch
